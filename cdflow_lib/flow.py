@@ -1,0 +1,151 @@
+"""The multi-scale normalising flow of CD-Flow (Glow's multi-scale architecture).
+
+A ``ScaleBlock`` squeezes 2x2, applies L flow steps on 4C channels and, except in the last
+block, splits the result along channels: the **first** half continues to the next scale,
+the **second** half is this scale's latent, scored under a Gaussian whose mean and log-std
+come from a ZeroConv2d of the kept half (Glow's learned conditional prior). The last block
+keeps everything; its prior comes from a ZeroConv2d applied to a tensor of ones (the
+authors' convention; rosinality's Glow uses zeros - the official fixture tells them apart).
+
+``MultiScaleFlow(x)`` returns ``(zs, logdet, log_p)`` with the latents finest first
+(z1 .. zK) and per-sample logdet and log p [B] (natural log).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._checks import check_tensor, trusted
+from .layers import PAPER_HIDDEN, FlowStep, ZeroConv2d, squeeze, unsqueeze
+
+#: The paper's configuration (Glow(in_channel=3, n_flow=8, n_block=6, affine=True, conv_lu=True)).
+PAPER_N_SCALES = 6
+PAPER_N_STEPS = 8
+#: Trainable parameters of the paper-size model (official state dict, see the fixture).
+PAPER_N_PARAMS = 60_488_496
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_p(z: torch.Tensor, mean: torch.Tensor, log_sd: torch.Tensor) -> torch.Tensor:
+    """Element-wise log N(z; mean, exp(log_sd)^2)."""
+    return -0.5 * _LOG_2PI - log_sd - 0.5 * (z - mean) ** 2 / torch.exp(2 * log_sd)
+
+
+class ScaleBlock(nn.Module):
+    """Squeeze -> ``n_steps`` FlowSteps on 4C channels -> split (or not) with the learned prior.
+
+    in_channels: C of the incoming [B, C, H, W]. With ``split``, forward returns the kept half
+    [B, 2C, H/2, W/2] and the latent [B, 2C, H/2, W/2]; without, the latent is the whole
+    [B, 4C, H/2, W/2] output and nothing continues.
+    """
+
+    def __init__(self, in_channels: int, n_steps: int, split: bool = True, hidden: int = PAPER_HIDDEN,
+                 affine: bool = True, conv_lu: bool = True):
+        super().__init__()
+        self.in_channels, self.split = in_channels, split
+        width = in_channels * 4
+        self.flows = nn.ModuleList(FlowStep(width, hidden, affine, conv_lu) for _ in range(n_steps))
+        self.prior = ZeroConv2d(in_channels * 2, in_channels * 4) if split else ZeroConv2d(width, width * 2)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels passed to the next block (0 for the last block)."""
+        return self.in_channels * 2 if self.split else 0
+
+    def prior_params(self, kept: torch.Tensor | None, z: torch.Tensor):
+        """(mean, log_sd) of this block's latent `z`, given the kept half (split blocks)."""
+        source = kept if self.split else torch.ones_like(z)
+        return self.prior(source).chunk(2, 1)
+
+    def forward(self, x: torch.Tensor):
+        """x: [B, C, H, W] -> (kept or None, logdet [B], log_p [B], z)."""
+        out = squeeze(x)
+        logdet = x.new_zeros(x.shape[0])
+        for step in self.flows:
+            out, det = step(out)
+            logdet = logdet + det
+        kept, z = out.chunk(2, 1) if self.split else (None, out)
+        mean, log_sd = self.prior_params(kept, z)
+        log_p = gaussian_log_p(z, mean, log_sd).flatten(1).sum(1)
+        return kept, logdet, log_p, z
+
+    def inverse(self, kept: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        """(kept half, latent) -> this block's input [B, C, 2H, 2W]."""
+        out = torch.cat([kept, z], 1) if self.split else z
+        for step in reversed(self.flows):
+            out = step.inverse(out)
+        return unsqueeze(out)
+
+
+class MultiScaleFlow(nn.Module):
+    """K ScaleBlocks; ``forward(x) -> (zs, logdet, log_p)``, ``inverse(zs) -> x``.
+
+    x: [B, C, H, W] with H, W divisible by 2^K. Latent z_k (k = 1 .. K, finest first) has
+    C * 2^k channels at H / 2^k x W / 2^k, except the unsplit last one, which has C * 2^(K+1)
+    (for C = 3, K = 6: 6, 12, 24, 48, 96, 384 channels). Their sizes sum to C * H * W.
+    """
+
+    def __init__(self, in_channels: int = 3, n_scales: int = PAPER_N_SCALES, n_steps: int = PAPER_N_STEPS,
+                 hidden: int = PAPER_HIDDEN, affine: bool = True, conv_lu: bool = True):
+        super().__init__()
+        if n_scales < 1 or n_steps < 1 or hidden < 1:
+            raise ValueError(f"n_scales, n_steps and hidden must be positive, got {n_scales}, {n_steps}, {hidden}")
+        self.config = dict(in_channels=in_channels, n_scales=n_scales, n_steps=n_steps, hidden=hidden,
+                           affine=affine, conv_lu=conv_lu)
+        blocks, channels = [], in_channels
+        for k in range(n_scales):
+            last = k == n_scales - 1
+            blocks.append(ScaleBlock(channels, n_steps, split=not last, hidden=hidden, affine=affine, conv_lu=conv_lu))
+            channels *= 2
+        self.blocks = nn.ModuleList(blocks)
+
+    @property
+    def n_scales(self) -> int:
+        return len(self.blocks)
+
+    def latent_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """[(C, H, W)] of z1 .. zK for an input of height x width."""
+        shapes, c, h, w = [], self.config["in_channels"], height, width
+        for block in self.blocks:
+            h, w = h // 2, w // 2
+            shapes.append((c * 2 if block.split else c * 4, h, w))
+            c *= 2
+        return shapes
+
+    def check_input(self, x: torch.Tensor, name: str = "input") -> None:
+        check_tensor(x, name, channels=self.config["in_channels"])
+        m = 2 ** self.n_scales
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f"{name}: height and width must be divisible by 2^{self.n_scales} = {m}, "
+                             f"got {x.shape[-2]} x {x.shape[-1]}")
+
+    def forward(self, x: torch.Tensor):
+        self.check_input(x)
+        zs, logdet, log_p = [], x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0])
+        out = x
+        with trusted():
+            for block in self.blocks:
+                out, det, lp, z = block(out)
+                zs.append(z)
+                logdet, log_p = logdet + det, log_p + lp
+        return zs, logdet, log_p
+
+    def inverse(self, zs) -> torch.Tensor:
+        """Latents z1 .. zK (finest first) -> x [B, C, H, W]."""
+        if len(zs) != self.n_scales:
+            raise ValueError(f"expected {self.n_scales} latents (finest first), got {len(zs)}")
+        for i, z in enumerate(zs):
+            check_tensor(z, f"latent z{i + 1}")
+        out = None
+        with trusted():
+            for block, z in zip(reversed(self.blocks), reversed(list(zs))):
+                out = block.inverse(out, z)
+        return out
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Run ActNorm's data-dependent initialisation on the batch `x` (once, before any wrapping)."""
+        self.forward(x)

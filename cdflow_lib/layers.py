@@ -1,0 +1,297 @@
+"""The invertible building blocks of CD-Flow, with the authors' conventions.
+
+Direction: ``forward`` maps image -> latent (the normalising direction) and returns
+``(y, logdet)`` with ``logdet`` of shape [B] (log |det dy/dx| per sample, natural log);
+``inverse`` maps back. All layers act on [B, C, H, W] float tensors.
+
+The conventions follow the authors' code (a Glow in the structure of rosinality's
+glow-pytorch, see DESIGN.md section 4); parameter and buffer names are the official ones so
+that the released weights load without edits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_tensor
+
+#: ActNorm's initial scale is 1 / (std + ACTNORM_EPS) (authors' code).
+ACTNORM_EPS = 1e-6
+#: Affine coupling scale: s = sigmoid(log_s + COUPLING_SCALE_SHIFT), so s = sigmoid(2) ~ 0.88 at init.
+COUPLING_SCALE_SHIFT = 2.0
+#: ZeroConv2d multiplies its output by exp(ZEROCONV_LOGSCALE_FACTOR * scale).
+ZEROCONV_LOGSCALE_FACTOR = 3.0
+#: Std of the normal initialisation of the coupling network's first two convolutions.
+COUPLING_INIT_STD = 0.05
+#: Width of the coupling network in the paper.
+PAPER_HIDDEN = 512
+
+
+def _spatial_logdet(per_pixel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """H * W * per_pixel, broadcast to shape [B] (per-pixel layers have one logdet for all samples)."""
+    h, w = x.shape[-2:]
+    return (h * w * per_pixel).expand(x.shape[0])
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine normalisation: ``y = scale * (x + loc)``.
+
+    Data-dependent initialisation on the first forward pass (in training or eval mode, as
+    the authors' code does): ``loc = -mean``, ``scale = 1 / (std + 1e-6)`` with the unbiased
+    std over batch and space, so the first batch leaves zero-mean, unit-std channels. The
+    registered buffer ``initialized`` (uint8) records that this happened and travels with
+    the state dict. logdet = H * W * sum(log |scale|).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.loc = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        self._known_initialized = False  # mirrors the buffer to avoid a device sync per call
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._known_initialized = False
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def is_initialized(self) -> bool:
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized.item())
+        return self._known_initialized
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Set loc and scale from the batch `x` [B, C, H, W] and mark the layer initialised."""
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+        mean = flat.mean(1).view(1, -1, 1, 1)
+        std = flat.std(1).view(1, -1, 1, 1)
+        self.loc.copy_(-mean)
+        self.scale.copy_(1.0 / (std + ACTNORM_EPS))
+        self.initialized.fill_(1)
+        self._known_initialized = True
+
+    def forward(self, x: torch.Tensor):
+        check_tensor(x, "ActNorm input", channels=self.channels)
+        if not self.is_initialized():
+            self.initialize(x)
+        logdet = _spatial_logdet(torch.log(torch.abs(self.scale)).sum(), x)
+        return self.scale * (x + self.loc), logdet
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_tensor(y, "ActNorm inverse input", channels=self.channels)
+        return y / self.scale - self.loc
+
+
+def _random_rotation(channels: int) -> torch.Tensor:
+    """An orthogonal matrix from the QR decomposition of a Gaussian matrix (Glow's init)."""
+    q, _ = torch.linalg.qr(torch.randn(channels, channels, dtype=torch.float64))
+    return q
+
+
+class InvConv2d(nn.Module):
+    """Invertible 1x1 convolution with a free weight matrix (for teaching).
+
+    ``y[:, i] = sum_j W[i, j] x[:, j]`` at every pixel: a learned linear colour space.
+    logdet = H * W * log |det W|, computed with ``slogdet`` (O(C^3) per call - the reason
+    for the LU parametrisation below).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.weight = nn.Parameter(_random_rotation(channels).float().view(channels, channels, 1, 1))
+
+    def matrix(self) -> torch.Tensor:
+        return self.weight.view(self.channels, self.channels)
+
+    def forward(self, x: torch.Tensor):
+        check_tensor(x, "InvConv2d input", channels=self.channels)
+        logdet = _spatial_logdet(torch.linalg.slogdet(self.matrix())[1], x)
+        return F.conv2d(x, self.weight), logdet
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_tensor(y, "InvConv2d inverse input", channels=self.channels)
+        w_inv = torch.linalg.inv(self.matrix())
+        return F.conv2d(y, w_inv.view(self.channels, self.channels, 1, 1))
+
+
+class InvConv2dLU(nn.Module):
+    """Invertible 1x1 convolution in LU form (Glow): ``W = P (L*mask_l + I) (U*mask_u + diag(sign * exp(w_s)))``.
+
+    P (permutation), the masks, the identity and the signs are buffers; ``w_l``, ``w_u`` and
+    the log-magnitudes ``w_s`` of U's diagonal are parameters. logdet = H * W * sum(w_s),
+    O(C) instead of O(C^3). Initialised from the QR of a Gaussian matrix, then LU-factorised.
+
+    In eval mode, when no gradient with respect to the weights is needed, W and W^-1 are
+    computed once and cached until a parameter changes (in-place updates bump the tensors'
+    version counters, which key the cache).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        w_p, w_l, w_u = torch.linalg.lu(_random_rotation(channels))
+        w_s = torch.diagonal(w_u)
+        u_mask = torch.triu(torch.ones(channels, channels), 1)
+        self.register_buffer("w_p", w_p.float())
+        self.register_buffer("u_mask", u_mask)
+        self.register_buffer("l_mask", u_mask.T.contiguous())
+        self.register_buffer("s_sign", torch.sign(w_s).float())
+        self.register_buffer("l_eye", torch.eye(channels))
+        self.w_l = nn.Parameter(w_l.float())
+        self.w_s = nn.Parameter(torch.log(torch.abs(w_s)).float())
+        self.w_u = nn.Parameter(torch.triu(w_u, 1).float())
+        self._cache: dict = {}
+
+    def compute_weight(self) -> torch.Tensor:
+        """The [C, C] weight matrix P L U (one evaluation per call)."""
+        lower = self.w_l * self.l_mask + self.l_eye
+        upper = self.w_u * self.u_mask + torch.diag(self.s_sign * torch.exp(self.w_s))
+        return self.w_p @ lower @ upper
+
+    def _cache_key(self):
+        return tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in (self.w_l, self.w_s, self.w_u, self.w_p))
+
+    def _cacheable(self) -> bool:
+        return not self.training and not (torch.is_grad_enabled() and self.w_s.requires_grad)
+
+    def matrices(self, need_inverse: bool = False):
+        """(W, W^-1 or None), cached when safe (eval mode, no gradient wanted for the weights)."""
+        if not self._cacheable():
+            w = self.compute_weight()
+            return w, (torch.linalg.inv(w) if need_inverse else None)
+        key = self._cache_key()
+        if self._cache.get("key") != key:
+            self._cache = {"key": key}
+        if "w" not in self._cache:
+            with torch.no_grad():
+                self._cache["w"] = self.compute_weight()
+        if need_inverse and "w_inv" not in self._cache:
+            with torch.no_grad():
+                self._cache["w_inv"] = torch.linalg.inv(self._cache["w"])
+        return self._cache["w"], self._cache.get("w_inv")
+
+    def forward(self, x: torch.Tensor):
+        check_tensor(x, "InvConv2dLU input", channels=self.channels)
+        w, _ = self.matrices()
+        logdet = _spatial_logdet(self.w_s.sum(), x)
+        return F.conv2d(x, w.view(self.channels, self.channels, 1, 1)), logdet
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_tensor(y, "InvConv2dLU inverse input", channels=self.channels)
+        _, w_inv = self.matrices(need_inverse=True)
+        return F.conv2d(y, w_inv.view(self.channels, self.channels, 1, 1))
+
+
+class ZeroConv2d(nn.Module):
+    """3x3 convolution that starts as the zero map (Glow).
+
+    The input is padded with the constant **1** (not 0), convolved without padding, and the
+    output multiplied by ``exp(3 * scale)``; weights, bias and ``scale`` start at zero. Not
+    invertible: used inside couplings and priors.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=0)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.scale = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(F.pad(x, [1, 1, 1, 1], value=1.0))
+        return out * torch.exp(self.scale * ZEROCONV_LOGSCALE_FACTOR)
+
+
+class AffineCoupling(nn.Module):
+    """Affine (or additive) coupling layer with the authors' formula.
+
+    ``a, b = x.chunk(2, 1)``; ``log_s, t = net(a).chunk(2, 1)``; ``s = sigmoid(log_s + 2)``;
+    ``b' = (b + t) * s`` (shift, then scale); ``y = cat(a, b')``; logdet = sum log s.
+    Inverse: ``b = b' / s - t``. With ``affine=False``: ``b' = b + net(a)``, logdet = 0.
+    ``net`` = Conv3x3(C/2 -> hidden) - ReLU - Conv1x1(hidden -> hidden) - ReLU - ZeroConv2d(hidden -> C or C/2).
+    """
+
+    def __init__(self, channels: int, hidden: int = PAPER_HIDDEN, affine: bool = True):
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"AffineCoupling needs an even number of channels, got {channels}")
+        self.channels, self.affine = channels, affine
+        self.net = nn.Sequential(
+            nn.Conv2d(channels // 2, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(inplace=True),
+            ZeroConv2d(hidden, channels if affine else channels // 2),
+        )
+        for conv in (self.net[0], self.net[2]):
+            nn.init.normal_(conv.weight, 0.0, COUPLING_INIT_STD)
+            nn.init.zeros_(conv.bias)
+
+    def scale_shift(self, a: torch.Tensor):
+        """(s, t) computed from the conditioning half `a`; s is None for the additive variant."""
+        h = self.net(a)
+        if not self.affine:
+            return None, h
+        log_s, t = h.chunk(2, 1)
+        return torch.sigmoid(log_s + COUPLING_SCALE_SHIFT), t
+
+    def forward(self, x: torch.Tensor):
+        check_tensor(x, "AffineCoupling input", channels=self.channels)
+        a, b = x.chunk(2, 1)
+        s, t = self.scale_shift(a)
+        if s is None:
+            return torch.cat([a, b + t], 1), x.new_zeros(x.shape[0])
+        logdet = torch.log(s).flatten(1).sum(1)
+        return torch.cat([a, (b + t) * s], 1), logdet
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_tensor(y, "AffineCoupling inverse input", channels=self.channels)
+        a, b = y.chunk(2, 1)
+        s, t = self.scale_shift(a)
+        return torch.cat([a, b - t if s is None else b / s - t], 1)
+
+
+class FlowStep(nn.Module):
+    """One Glow step: ActNorm -> invertible 1x1 convolution (LU or plain) -> coupling."""
+
+    def __init__(self, channels: int, hidden: int = PAPER_HIDDEN, affine: bool = True, conv_lu: bool = True):
+        super().__init__()
+        self.channels = channels
+        self.actnorm = ActNorm(channels)
+        self.invconv = InvConv2dLU(channels) if conv_lu else InvConv2d(channels)
+        self.coupling = AffineCoupling(channels, hidden, affine)
+
+    def forward(self, x: torch.Tensor):
+        check_tensor(x, "FlowStep input", channels=self.channels)
+        out, logdet = self.actnorm(x)
+        out, det = self.invconv(out)
+        logdet = logdet + det
+        out, det = self.coupling(out)
+        return out, logdet + det
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_tensor(y, "FlowStep inverse input", channels=self.channels)
+        return self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(y)))
+
+
+def squeeze(x: torch.Tensor) -> torch.Tensor:
+    """2x2 space-to-depth: [B, C, H, W] -> [B, 4C, H/2, W/2], channel index ``c*4 + dy*2 + dx``."""
+    check_tensor(x, "squeeze input", finite=False)
+    b, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"squeeze needs an even height and width, got {h} x {w}")
+    x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, c * 4, h // 2, w // 2)
+
+
+def unsqueeze(z: torch.Tensor) -> torch.Tensor:
+    """Inverse of `squeeze`: [B, 4C, H, W] -> [B, C, 2H, 2W]."""
+    check_tensor(z, "unsqueeze input", finite=False)
+    b, c, h, w = z.shape
+    if c % 4:
+        raise ValueError(f"unsqueeze needs a channel count divisible by 4, got {c}")
+    z = z.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return z.reshape(b, c // 4, h * 2, w * 2)
