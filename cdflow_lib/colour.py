@@ -26,6 +26,7 @@ see ``scielab_filter``; every convention is stated there.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -331,27 +332,25 @@ def delta_e_cmc(lab1: torch.Tensor, lab2: torch.Tensor, l: float = 2.0, c: float
 def cam16ucs_delta_e(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-pixel ΔE in CAM16-UCS (Li et al. 2017) through colour-science (numpy, no gradient).
 
-    x, y: [B, 3, H, W] sRGB in [0, 1] -> [B, H, W] (float64 on the inputs' device), under the
-    viewing conditions of the CAM16_* constants: white D65_XYZ scaled to Y = 100,
-    L_A = 16 cd/m^2, Y_b = 20, "Average" surround.
+    x, y: [B, 3, H, W] sRGB in [0, 1] -> [B, H, W] (x's dtype and device), under the viewing
+    conditions of the CAM16_* constants: adopted white D65_XYZ, L_A = 16 cd/m^2, Y_b = 20,
+    "Average" surround, no illuminant discounting.
     """
     import colour
 
     check_image(x, "x")
     check_image(y, "y")
     check_pair(x, y)
-    surround = colour.VIEWING_CONDITIONS_CAM16[CAM16_SURROUND]
-    white = 100.0 * np.asarray(D65_XYZ)
+    conditions = dict(XYZ_w=np.asarray(D65_XYZ), L_A=CAM16_L_A, Y_b=CAM16_Y_B,
+                      surround=colour.VIEWING_CONDITIONS_CAM16[CAM16_SURROUND])
 
     def jab(img):
         with torch.no_grad():
             xyz = linear_srgb_to_xyz(srgb_to_linear(img.double())).movedim(1, -1).cpu().numpy()
-        spec = colour.XYZ_to_CAM16(100.0 * xyz, white, CAM16_L_A, CAM16_Y_B, surround)
-        return colour.JMh_CAM16_to_CAM16UCS(np.stack([spec.J, spec.M, spec.h], axis=-1))
+        return colour.XYZ_to_CAM16UCS(xyz, **conditions)
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d = colour.difference.delta_E_CAM16UCS(jab(x), jab(y))
-    return torch.as_tensor(np.asarray(d), device=x.device)
+    d = colour.difference.delta_E_CAM16UCS(jab(x), jab(y))
+    return torch.as_tensor(np.asarray(d), dtype=x.dtype, device=x.device)
 
 
 # ----------------------------------------------------------------------------- S-CIELAB
@@ -390,21 +389,22 @@ def _reflect_index(i: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(i >= n, period - i, i)
 
 
-def _gaussian_operator(n: int, spread_px: float, dtype, device) -> torch.Tensor:
-    """[n, n] matrix that convolves a length-n signal with exp(-x^2 / spread_px^2).
+@functools.lru_cache(maxsize=32)
+def _gaussian_operator(n: int, spread_px: float) -> torch.Tensor:
+    """[n, n] float64 matrix that convolves a length-n signal with exp(-x^2 / spread_px^2).
 
     Truncated at SCIELAB_TRUNCATE_STD standard deviations, normalised to sum 1 over the
-    truncated support, reflect boundary (each row sums to 1).
+    truncated support, reflect boundary (each row sums to 1). Cached: the same sizes recur.
     """
     radius = int(math.ceil(SCIELAB_TRUNCATE_STD * spread_px / math.sqrt(2.0)))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    taps = torch.exp(-(offsets / spread_px) ** 2) if spread_px > 0 else (offsets == 0).double()
+    taps = torch.exp(-(offsets / spread_px) ** 2)
     taps = taps / taps.sum()
     rows = torch.arange(n).unsqueeze(1).expand(n, 2 * radius + 1)
     cols = _reflect_index(rows + torch.arange(-radius, radius + 1), n)
-    op = torch.zeros(n, n, dtype=torch.float64)
-    op.index_put_((rows.reshape(-1), cols.reshape(-1)), taps.repeat(n), accumulate=True)
-    return op.to(dtype=dtype, device=device)
+    op = torch.zeros(n * n, dtype=torch.float64)
+    op.index_add_(0, (rows * n + cols).reshape(-1), taps.repeat(n))
+    return op.view(n, n)
 
 
 def scielab_filter(xyz: torch.Tensor, spd: float = DEFAULT_SAMPLES_PER_DEGREE) -> torch.Tensor:
@@ -441,8 +441,8 @@ def scielab_filter(xyz: torch.Tensor, spd: float = DEFAULT_SAMPLES_PER_DEGREE) -
         total = sum(weight for weight, _ in gaussians)
         out = 0
         for weight, spread_deg in gaussians:
-            rows = _gaussian_operator(h, spread_deg * spd, xyz.dtype, xyz.device)
-            cols = _gaussian_operator(w, spread_deg * spd, xyz.dtype, xyz.device)
+            rows = _gaussian_operator(h, spread_deg * spd).to(dtype=xyz.dtype, device=xyz.device)
+            cols = _gaussian_operator(w, spread_deg * spd).to(dtype=xyz.dtype, device=xyz.device)
             out = out + (weight / total) * (rows @ opp[:, c] @ cols.T)
         channels.append(out)
     return _apply_matrix(_inverse(SCIELAB_XYZ_TO_OPP, xyz), torch.stack(channels, dim=1))
