@@ -16,9 +16,10 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ._checks import check_tensor, trusted
-from .layers import PAPER_HIDDEN, FlowStep, ZeroConv2d, squeeze, unsqueeze
+from .layers import PAPER_HIDDEN, AffineCoupling, FlowStep, ZeroConv2d, squeeze, unsqueeze
 
 #: The paper's configuration (Glow(in_channel=3, n_flow=8, n_block=6, affine=True, conv_lu=True)).
 PAPER_N_SCALES = 6
@@ -27,6 +28,58 @@ PAPER_N_STEPS = 8
 PAPER_N_PARAMS = 60_488_496
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+#: Memory modes for training (see MultiScaleFlow.memory_mode).
+MEMORY_MODES = ("off", "checkpoint", "inverse", "inverse-step")
+#: The inverse-recomputation modes refuse to run when a block's input is reconstructed from its
+#: output with a max error above this, relative to the input's max magnitude (measured once,
+#: on the first training batch). float32 flows invert to ~1e-6; 1e-3 means something is off
+#: (a coupling scale near 0, a near-singular 1x1 convolution) and gradients would be wrong.
+MAX_RECONSTRUCTION_ERROR = 1e-3
+
+
+class InexactInverseError(RuntimeError):
+    """The flow does not invert accurately enough to recompute activations through its inverse."""
+
+
+class _RecomputeThroughInverse(torch.autograd.Function):
+    """Run `fwd` without storing activations; in backward, rebuild the input from the saved
+    outputs with `inv`, recompute `fwd` locally and backpropagate (reversible-network style).
+
+    fwd(x) -> tuple of tensors; inv(*outputs) -> x; `keep` says which outputs `inv` needs.
+    """
+
+    @staticmethod
+    def forward(ctx, fwd, inv, keep, x, *params):
+        with torch.no_grad():
+            outs = fwd(x)
+        ctx.fwd, ctx.inv, ctx.keep, ctx.n_params = fwd, inv, keep, len(params)
+        ctx.save_for_backward(*(outs[i] for i in keep), *params)
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        kept_outs, params = saved[: len(ctx.keep)], saved[len(ctx.keep):]
+        with torch.no_grad(), trusted():
+            x = ctx.inv(*kept_outs)
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad(), trusted():
+            outs = ctx.fwd(x)
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+        inputs = (x, *params)
+        got = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
+        return (None, None, None, *got)
+
+
+def _trusted_call(module, *args):
+    with trusted():
+        return module(*args)
+
+
+def recompute_through_inverse(fwd, inv, keep, x, params):
+    return _RecomputeThroughInverse.apply(fwd, inv, keep, x, *params)
 
 
 def gaussian_log_p(z: torch.Tensor, mean: torch.Tensor, log_sd: torch.Tensor) -> torch.Tensor:
@@ -60,17 +113,38 @@ class ScaleBlock(nn.Module):
         source = kept if self.split else torch.ones_like(z)
         return self.prior(source).chunk(2, 1)
 
-    def forward(self, x: torch.Tensor):
-        """x: [B, C, H, W] -> (kept or None, logdet [B], log_p [B], z)."""
+    def _params(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, x: torch.Tensor, step_recompute: bool = False):
+        """x: [B, C, H, W] -> (kept or None, logdet [B], log_p [B], z).
+
+        With ``step_recompute`` each FlowStep stores only its output and rebuilds its input
+        through its inverse in the backward pass (see MultiScaleFlow.memory_mode).
+        """
         out = squeeze(x)
         logdet = x.new_zeros(x.shape[0])
         for step in self.flows:
-            out, det = step(out)
+            if step_recompute and step.actnorm.is_initialized():
+                out, det = recompute_through_inverse(step, step.inverse, (0,), out,
+                                                     [p for p in step.parameters() if p.requires_grad])
+            else:
+                out, det = step(out)
             logdet = logdet + det
         kept, z = out.chunk(2, 1) if self.split else (None, out)
         mean, log_sd = self.prior_params(kept, z)
         log_p = gaussian_log_p(z, mean, log_sd).flatten(1).sum(1)
         return kept, logdet, log_p, z
+
+    def forward_recompute(self, x: torch.Tensor):
+        """`forward` that stores only the block's outputs and recomputes through the inverse."""
+        if self.split:
+            kept, logdet, log_p, z = recompute_through_inverse(
+                self.forward, lambda k, z: self.inverse(k, z), (0, 3), x, self._params())
+            return kept, logdet, log_p, z
+        logdet, log_p, z = recompute_through_inverse(
+            lambda v: self.forward(v)[1:], lambda z: self.inverse(None, z), (2,), x, self._params())
+        return None, logdet, log_p, z
 
     def inverse(self, kept: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
         """(kept half, latent) -> this block's input [B, C, 2H, 2W]."""
@@ -101,6 +175,50 @@ class MultiScaleFlow(nn.Module):
             blocks.append(ScaleBlock(channels, n_steps, split=not last, hidden=hidden, affine=affine, conv_lu=conv_lu))
             channels *= 2
         self.blocks = nn.ModuleList(blocks)
+        #: How training (train mode, gradients on) stores activations:
+        #: "off" ordinary autograd; "checkpoint" torch.utils.checkpoint per block (stores the
+        #: block input, recomputes the block); "inverse" stores each block's outputs only and
+        #: rebuilds its input through the exact inverse; "inverse-step" the same per FlowStep.
+        #: All give the same gradients; evaluation is unaffected.
+        self.memory_mode = "off"
+        self.reconstruction_error: float | None = None
+
+    @property
+    def coupling_precision(self) -> str:
+        return next(m.precision for m in self.modules() if isinstance(m, AffineCoupling))
+
+    @coupling_precision.setter
+    def coupling_precision(self, value: str) -> None:
+        """"off" (float32, the authors' numerics) or "bf16" (coupling networks only under bf16 autocast)."""
+        if value not in ("off", "bf16"):
+            raise ValueError(f"coupling_precision must be 'off' or 'bf16', got {value!r}")
+        for m in self.modules():
+            if isinstance(m, AffineCoupling):
+                m.precision = value
+
+    def __setattr__(self, name, value):
+        if name == "memory_mode" and value not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {value!r}")
+        super().__setattr__(name, value)
+
+    @torch.no_grad()
+    def check_reconstruction(self, x: torch.Tensor) -> float:
+        """Max relative error of rebuilding every block's input from its outputs; raises
+        InexactInverseError above MAX_RECONSTRUCTION_ERROR."""
+        worst, out = 0.0, x
+        with trusted():
+            for i, block in enumerate(self.blocks):
+                kept, _, _, z = block(out)
+                rec = block.inverse(kept, z)
+                err = ((rec - out).abs().max() / out.abs().max().clamp_min(1e-12)).item()
+                if not err <= MAX_RECONSTRUCTION_ERROR:
+                    raise InexactInverseError(
+                        f"block {i + 1} rebuilds its input with a relative error of {err:.3g} "
+                        f"(> {MAX_RECONSTRUCTION_ERROR:g}); inverse recomputation would give wrong gradients. "
+                        "Train with memory_mode='checkpoint' or 'off'.")
+                worst, out = max(worst, err), kept
+        self.reconstruction_error = worst
+        return worst
 
     @property
     def n_scales(self) -> int:
@@ -125,10 +243,22 @@ class MultiScaleFlow(nn.Module):
     def forward(self, x: torch.Tensor):
         self.check_input(x)
         zs, logdet, log_p = [], x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0])
+        mode = self.memory_mode if self.training and torch.is_grad_enabled() else "off"
+        if mode.startswith("inverse") and self.reconstruction_error is None:
+            if not all(m.is_initialized() for m in self.modules() if hasattr(m, "is_initialized")):
+                self.initialize(x)
+            self.check_reconstruction(x)
         out = x
         with trusted():
             for block in self.blocks:
-                out, det, lp, z = block(out)
+                if mode == "checkpoint":
+                    out, det, lp, z = checkpoint(_trusted_call, block, out, use_reentrant=False)
+                elif mode == "inverse":
+                    out, det, lp, z = block.forward_recompute(out)
+                elif mode == "inverse-step":
+                    out, det, lp, z = block(out, step_recompute=True)
+                else:
+                    out, det, lp, z = block(out)
                 zs.append(z)
                 logdet, log_p = logdet + det, log_p + lp
         return zs, logdet, log_p

@@ -229,10 +229,18 @@ class AffineCoupling(nn.Module):
         for conv in (self.net[0], self.net[2]):
             nn.init.normal_(conv.weight, 0.0, COUPLING_INIT_STD)
             nn.init.zeros_(conv.bias)
+        #: "off" (float32 everywhere, the authors' numerics) or "bf16": the network alone runs
+        #: under bfloat16 autocast; s, t and every invertible operation stay in the input dtype.
+        self.precision = "off"
 
     def scale_shift(self, a: torch.Tensor):
         """(s, t) computed from the conditioning half `a`; s is None for the additive variant."""
-        h = self.net(a)
+        if self.precision == "bf16":
+            with torch.autocast(device_type=a.device.type, dtype=torch.bfloat16):
+                h = self.net(a)
+            h = h.to(a.dtype)
+        else:
+            h = self.net(a)
         if not self.affine:
             return None, h
         log_s, t = h.chunk(2, 1)
