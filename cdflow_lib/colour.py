@@ -26,7 +26,9 @@ see ``scielab_filter``; every convention is stated there.
 """
 from __future__ import annotations
 
+import ast
 import functools
+import importlib.util
 import math
 
 import numpy as np
@@ -327,6 +329,38 @@ def delta_e_cmc(lab1: torch.Tensor, lab2: torch.Tensor, l: float = 2.0, c: float
     d_l = lab1[:, 0] - lab2[:, 0]
     return _safe_sqrt((d_l / (l * s_l)) ** 2 + ((c1 - c2) / (c * s_c)) ** 2
                       + _delta_h_squared(lab1, lab2, c1, c2) / s_h ** 2)
+
+
+#: Where colour-science keeps the Sharma, Wu & Dalal (2005) CIEDE2000 test data.
+SHARMA_TEST_MODULE = "colour.difference.tests.test_delta_e"
+SHARMA_TEST_FUNCTION = "test_delta_E_CIE2000_Sharma2004"
+
+
+def sharma_test_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Sharma, Wu & Dalal (2005) CIEDE2000 test data, read from colour-science's tests.
+
+    Returns (lab1 [N, 3], lab2 [N, 3], delta_e00 [N]) as float64 arrays, parsed from the
+    installed test module (not imported, not copied here). colour-science 0.4 ships 33 of
+    the 34 published pairs: it comments out pair 14, whose hue difference is exactly 180
+    degrees, so that its value depends on the platform's atan2 rounding.
+    Raises FileNotFoundError if colour-science was installed without its tests.
+    """
+    try:
+        spec = importlib.util.find_spec(SHARMA_TEST_MODULE)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"colour-science's test module {SHARMA_TEST_MODULE} is not installed")
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    test = next((node for node in ast.walk(tree)
+                 if isinstance(node, ast.FunctionDef) and node.name == SHARMA_TEST_FUNCTION), None)
+    if test is None:
+        raise FileNotFoundError(f"{spec.origin} has no {SHARMA_TEST_FUNCTION}")
+    arrays = {node.targets[0].id: np.array(ast.literal_eval(node.value.args[0]), dtype=np.float64)
+              for node in test.body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    return arrays["Lab_1"], arrays["Lab_2"], arrays["d_E"]
 
 
 def cam16ucs_delta_e(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,6 @@
 """cdflow_lib.colour against colour-science, published test data and brute force."""
 from __future__ import annotations
 
-import ast
-import importlib.util
 import math
 
 import colour
@@ -18,21 +16,11 @@ D65_XY = colour.XYZ_to_xy(np.array(C.D65_XYZ))
 
 
 def sharma_pairs():
-    """(Lab_1, Lab_2, ΔE00) of Sharma, Wu & Dalal (2005), read from colour-science's own test module."""
+    """(Lab_1, Lab_2, ΔE00) of Sharma, Wu & Dalal (2005), from colour-science's own test module."""
     try:
-        spec = importlib.util.find_spec("colour.difference.tests.test_delta_e")
-    except ModuleNotFoundError:
-        spec = None
-    if spec is None or spec.origin is None:
-        pytest.skip("colour-science's test module colour/difference/tests/test_delta_e.py is not installed")
-    with open(spec.origin, encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    test = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "test_delta_E_CIE2000_Sharma2004")
-    arrays = {}
-    for node in test.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            arrays[node.targets[0].id] = np.array(ast.literal_eval(node.value.args[0]), dtype=np.float64)
-    return arrays["Lab_1"], arrays["Lab_2"], arrays["d_E"]
+        return C.sharma_test_pairs()
+    except FileNotFoundError as err:
+        pytest.skip(f"Sharma test pairs unavailable: {err}")
 
 
 def random_lab(n: int, seed: int, dtype=torch.float64) -> torch.Tensor:
