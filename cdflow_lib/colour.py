@@ -34,7 +34,7 @@ import math
 import numpy as np
 import torch
 
-from ._checks import check_image, check_pair, is_trusted
+from ._checks import check_image, check_pair, is_trusted, trusted
 
 # ----------------------------------------------------------------------------- constants
 
@@ -223,12 +223,16 @@ def lab_to_xyz(lab: torch.Tensor, white=D65_XYZ) -> torch.Tensor:
 
 def srgb_to_lab(x: torch.Tensor) -> torch.Tensor:
     """x: [N, 3, ...] sRGB in [0, 1] -> CIELAB (D65): L* in [0, 100], a*, b* at dim 1."""
-    return xyz_to_lab(linear_srgb_to_xyz(srgb_to_linear(x)))
+    _check_colour(x, "srgb")
+    with trusted():  # checked once above; the steps skip their NaN scans
+        return xyz_to_lab(linear_srgb_to_xyz(srgb_to_linear(x)))
 
 
 def lab_to_srgb(lab: torch.Tensor) -> torch.Tensor:
     """lab: [N, 3, ...] CIELAB (D65) -> sRGB; in [0, 1] inside the gamut, unclipped outside."""
-    return linear_to_srgb(xyz_to_linear_srgb(lab_to_xyz(lab)))
+    _check_colour(lab, "lab")
+    with trusted():
+        return linear_to_srgb(xyz_to_linear_srgb(lab_to_xyz(lab)))
 
 
 # ----------------------------------------------------------------------------- ΔE formulas
@@ -266,7 +270,7 @@ def delta_e2000(lab1: torch.Tensor, lab2: torch.Tensor, kL: float = 1.0, kC: flo
 
     lab1, lab2: [N, 3, ...] CIELAB -> [N, ...]; kL, kC, kH: parametric factors (1 by default).
     Hue rules: h' = 0 where a' = b = 0; Δh' = 0 and the mean hue is h'1 + h'2 where
-    C'1 C'2 = 0; otherwise Δh' is taken in (-180, 180] and the mean hue on the short arc.
+    C'1 C'2 = 0; otherwise Δh' is brought into [-180, 180] and the mean hue taken on the short arc.
     Computed in degrees, as the published formula and colour-science do, so that ties at
     exactly 180 degrees fall on the same side.
     """
@@ -424,11 +428,12 @@ def _reflect_index(i: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _gaussian_operator(n: int, spread_px: float) -> torch.Tensor:
-    """[n, n] float64 matrix that convolves a length-n signal with exp(-x^2 / spread_px^2).
+def _gaussian_operator(n: int, spread_px: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[n, n] matrix that convolves a length-n signal with exp(-x^2 / spread_px^2).
 
     Truncated at SCIELAB_TRUNCATE_STD standard deviations, normalised to sum 1 over the
-    truncated support, reflect boundary (each row sums to 1). Cached: the same sizes recur.
+    truncated support, reflect boundary (each row sums to 1). Built in float64, then cast;
+    cached per size, spread, dtype and device, since the same ones recur.
     """
     radius = int(math.ceil(SCIELAB_TRUNCATE_STD * spread_px / math.sqrt(2.0)))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -438,7 +443,7 @@ def _gaussian_operator(n: int, spread_px: float) -> torch.Tensor:
     cols = _reflect_index(rows + torch.arange(-radius, radius + 1), n)
     op = torch.zeros(n * n, dtype=torch.float64)
     op.index_add_(0, (rows * n + cols).reshape(-1), taps.repeat(n))
-    return op.view(n, n)
+    return op.view(n, n).to(dtype=dtype, device=device)
 
 
 def scielab_filter(xyz: torch.Tensor, spd: float = DEFAULT_SAMPLES_PER_DEGREE) -> torch.Tensor:
@@ -475,8 +480,8 @@ def scielab_filter(xyz: torch.Tensor, spd: float = DEFAULT_SAMPLES_PER_DEGREE) -
         total = sum(weight for weight, _ in gaussians)
         out = 0
         for weight, spread_deg in gaussians:
-            rows = _gaussian_operator(h, spread_deg * spd).to(dtype=xyz.dtype, device=xyz.device)
-            cols = _gaussian_operator(w, spread_deg * spd).to(dtype=xyz.dtype, device=xyz.device)
+            rows = _gaussian_operator(h, spread_deg * spd, xyz.dtype, xyz.device)
+            cols = _gaussian_operator(w, spread_deg * spd, xyz.dtype, xyz.device)
             out = out + (weight / total) * (rows @ opp[:, c] @ cols.T)
         channels.append(out)
     return _apply_matrix(_inverse(SCIELAB_XYZ_TO_OPP, xyz), torch.stack(channels, dim=1))
@@ -498,5 +503,6 @@ def scielab_delta_e(x: torch.Tensor, y: torch.Tensor, spd: float = DEFAULT_SAMPL
     check_image(x, "x")
     check_image(y, "y")
     check_pair(x, y)
-    lab_x, lab_y = (xyz_to_lab(scielab_filter(linear_srgb_to_xyz(srgb_to_linear(img)), spd)) for img in (x, y))
-    return _SCIELAB_FORMULAS[formula](lab_x, lab_y)
+    with trusted():
+        lab_x, lab_y = (xyz_to_lab(scielab_filter(linear_srgb_to_xyz(srgb_to_linear(img)), spd)) for img in (x, y))
+        return _SCIELAB_FORMULAS[formula](lab_x, lab_y)
