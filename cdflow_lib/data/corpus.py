@@ -1,0 +1,128 @@
+"""The embedded photo corpus: every colour photograph shipped inside our dependencies.
+
+Nothing is downloaded: scikit-image, scikit-learn and matplotlib install these files with
+the package (licences and attributions in data/README.md). Each photograph is cropped to
+a square and resized with PIL's antialiased Lanczos filter, deterministically.
+
+Crops: crop 0 is the largest centred square. With ``crops_per_image = n > 1`` crops 1 .. n-1
+are squares of side ``SUB_CROP_FRACTION`` x the short side, placed at fixed positions
+(``SUB_CROP_POSITIONS``, in order: the four corners, then the middle of each edge), so a
+photograph gives up to 9 distinct, overlapping views. All crops of one photograph share its
+name as their *source*: splits are made by source, never by crop.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+
+#: Side of the sub-crops (crops 1 ..) as a fraction of the photograph's short side.
+SUB_CROP_FRACTION = 0.75
+#: Where sub-crop i (i >= 1) sits: (fy, fx) = fraction of the free room above / left of it.
+SUB_CROP_POSITIONS = ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0),
+                      (0.0, 0.5), (1.0, 0.5), (0.5, 0.0), (0.5, 1.0))
+MAX_CROPS_PER_IMAGE = 1 + len(SUB_CROP_POSITIONS)
+
+
+def _skimage(name: str):
+    def load() -> np.ndarray:
+        import skimage.data
+
+        img = getattr(skimage.data, name)()
+        return img[0] if isinstance(img, tuple) else img   # stereo_motorcycle: (left, right, disparity)
+    return load
+
+
+def _sklearn(filename: str):
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(filename)
+    return load
+
+
+def _grace_hopper() -> np.ndarray:
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
+#: name -> loader returning an H x W x 3 uint8 array. Sorted by name; the order is part of
+#: the deterministic split (see synthetic.split_sources).
+PHOTOS = {
+    "astronaut": _skimage("astronaut"),
+    "chelsea": _skimage("chelsea"),
+    "china": _sklearn("china.jpg"),
+    "coffee": _skimage("coffee"),
+    "flower": _sklearn("flower.jpg"),
+    "grace_hopper": _grace_hopper,
+    "hubble_deep_field": _skimage("hubble_deep_field"),
+    "immunohistochemistry": _skimage("immunohistochemistry"),
+    "retina": _skimage("retina"),
+    "rocket": _skimage("rocket"),
+    "stereo_motorcycle": _skimage("stereo_motorcycle"),
+}
+
+
+def corpus_names() -> list[str]:
+    """Names of the photographs in the corpus (sorted)."""
+    return sorted(PHOTOS)
+
+
+@lru_cache(maxsize=None)
+def load_photo(name: str) -> np.ndarray:
+    """The full photograph `name` as an H x W x 3 uint8 array (read-only), straight from its package."""
+    if name not in PHOTOS:
+        raise ValueError(f"unknown photograph {name!r}; the corpus holds {corpus_names()}")
+    img = np.ascontiguousarray(PHOTOS[name]())
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"photograph {name!r}: expected H x W x 3 uint8, got {img.shape} {img.dtype}")
+    img.setflags(write=False)
+    return img
+
+
+def crop_box(height: int, width: int, crop: int = 0) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of square crop number `crop` of an image of height x width pixels."""
+    if not 0 <= crop < MAX_CROPS_PER_IMAGE:
+        raise ValueError(f"crop must lie in [0, {MAX_CROPS_PER_IMAGE - 1}], got {crop}")
+    short = min(height, width)
+    side = short if crop == 0 else int(round(SUB_CROP_FRACTION * short))
+    fy, fx = (0.5, 0.5) if crop == 0 else SUB_CROP_POSITIONS[crop - 1]
+    top = int(round(fy * (height - side)))
+    left = int(round(fx * (width - side)))
+    return left, top, left + side, top + side
+
+
+def photo_tensor(name: str, size: int, crop: int = 0) -> torch.Tensor:
+    """Square crop `crop` of photograph `name`, resized to size x size: [3, size, size] float32 sRGB in [0, 1]."""
+    if not isinstance(size, int) or size < 8:
+        raise ValueError(f"size must be an integer >= 8 pixels, got {size!r}")
+    img = load_photo(name)
+    pil = Image.fromarray(img).crop(crop_box(img.shape[0], img.shape[1], crop))
+    pil = pil.resize((size, size), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def crop_name(source: str, crop: int) -> str:
+    """The corpus name of crop `crop` of photograph `source`: the source itself for crop 0, else 'source#crop'."""
+    return source if crop == 0 else f"{source}#{crop}"
+
+
+def source_of(name: str) -> str:
+    """The photograph a corpus name comes from ('coffee#3' -> 'coffee')."""
+    return name.split("#", 1)[0]
+
+
+def load_corpus(size: int, crops_per_image: int = 1) -> list[tuple[str, torch.Tensor]]:
+    """Every photograph of the corpus as (name, [3, size, size] float32 sRGB in [0, 1]).
+
+    With crops_per_image = n, each photograph gives n crops (see the module docstring),
+    named 'photo', 'photo#1', ..., 'photo#{n-1}'; use `source_of` to group them.
+    """
+    if not isinstance(crops_per_image, int) or not 1 <= crops_per_image <= MAX_CROPS_PER_IMAGE:
+        raise ValueError(f"crops_per_image must be an integer in [1, {MAX_CROPS_PER_IMAGE}], got {crops_per_image!r}")
+    return [(crop_name(name, c), photo_tensor(name, size, c))
+            for name in corpus_names() for c in range(crops_per_image)]
