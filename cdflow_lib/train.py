@@ -61,8 +61,6 @@ class TrainConfig:
     seed: int = 100
     augment: bool = True
     sync_augment: bool = False     # authors' released code draws the two images' augmentations independently
-    rotation_deg: float = 3.0
-    crop_fraction: float = 1000 / 1024
     device: str = "auto"
     tf32: bool = False
     amp: str = "off"               # "off" | "bf16": bf16 only inside the coupling networks
@@ -122,32 +120,16 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a loss term is NaN or Inf; the message says which term and which batch."""
 
 
-# --- augmentation -------------------------------------------------------------------------
+# --- augmentation ---------------------------------------------------------------------
 
-def augment_pair(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, out_size: int,
-                 rotation_deg: float = 3.0, crop_fraction: float = 1000 / 1024, sync: bool = False):
-    """The authors' train transform in one resampling: random rotation (+-rotation_deg), random
-    crop of `crop_fraction` of the side, resize to out_size (bilinear, border replicate).
+def augment_batch(x: torch.Tensor, y: torch.Tensor, aug, gen: torch.Generator):
+    """Apply `aug` (a data.PairAugment: the authors' train transform) to each pair of a batch.
 
-    x, y: [B, 3, H, W]. With ``sync`` both images get the same draw; otherwise each image
-    its own (the released code's behaviour: an implicit misalignment augmentation).
+    x, y: [B, 3, H, W]; every random draw comes from `gen`, so a step's augmentation
+    depends only on the step's seed.
     """
-    b = x.shape[0]
-
-    def draw():
-        angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(rotation_deg)
-        shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * (1 - crop_fraction)
-        return angle, shift
-
-    def warp(img, angle, shift):
-        cos, sin = torch.cos(angle) * crop_fraction, torch.sin(angle) * crop_fraction
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(theta.to(img), [b, 3, out_size, out_size], align_corners=False)
-        return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False).clamp(0, 1)
-
-    ax = draw()
-    ay = ax if sync else draw()
-    return warp(x, *ax), warp(y, *ay)
+    pairs = [aug(a, b, generator=gen) for a, b in zip(x, y)]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 # --- EMA ----------------------------------------------------------------------------------
@@ -259,6 +241,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
+        from .data import PairAugment
+
+        self.augment = PairAugment(cfg.image_size, sync=cfg.sync_augment) if cfg.augment else None
         self.model = CDFlow.from_config(cfg.model).to(self.device)
         self.model.glow.memory_mode = cfg.memory_saving
         self.model.glow.coupling_precision = cfg.amp
@@ -309,14 +294,14 @@ class Trainer:
 
     # -- steps --------------------------------------------------------------------------
     def _prepare(self, batch, gen):
-        x, y = batch["x"].to(self.device), batch["y"].to(self.device)
-        if self.cfg.augment:
-            x, y = augment_pair(x, y, gen, self.cfg.image_size, self.cfg.rotation_deg, self.cfg.crop_fraction,
-                                self.cfg.sync_augment)
+        from .data.transforms import resize
+
+        x, y = batch["x"], batch["y"]
+        if self.augment is not None:
+            x, y = augment_batch(x, y, self.augment, gen)
         elif x.shape[-1] != self.cfg.image_size:
-            x = F.interpolate(x, size=self.cfg.image_size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-            y = F.interpolate(y, size=self.cfg.image_size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-        return x, y, batch["dv"].to(self.device)
+            x, y = resize(x, self.cfg.image_size), resize(y, self.cfg.image_size)
+        return x.to(self.device), y.to(self.device), batch["dv"].to(self.device)
 
     def train_step(self, batch, gen) -> dict:
         x, y, dv = self._prepare(batch, gen)
@@ -427,12 +412,13 @@ class _LossModule(nn.Module):
 def make_datasets(cfg: TrainConfig):
     """(train, val) pair sets: SPCD when cfg.spcd_root is set, else the synthetic default."""
     from . import data
+    from .data.transforms import PAPER_RESIZE, PAPER_TRAIN_SIZE
 
-    if cfg.spcd_root:
+    if cfg.spcd_root:  # images as stored (1024 px); the trainer augments (or resizes) to image_size
         return data.spcd_datasets(cfg.spcd_root)[:2]
     kw = {} if cfg.pairs_per_image is None else {"pairs_per_image": cfg.pairs_per_image}
-    size = int(round(cfg.image_size / cfg.crop_fraction)) if cfg.augment else cfg.image_size
-    size += size % 2
+    # with augmentation, store references at the size the authors' transform resizes to (1024/768 of the output)
+    size = round(cfg.image_size * PAPER_RESIZE / PAPER_TRAIN_SIZE) if cfg.augment else cfg.image_size
     return (data.SyntheticPairs("train", size=size, seed=cfg.data_seed, **kw),
             data.SyntheticPairs("val", size=cfg.image_size, seed=cfg.data_seed, **kw))
 

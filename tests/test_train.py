@@ -111,12 +111,15 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
     assert moved
 
 
-def test_augmentation_is_independent_unless_synced():
+def test_augmentation_is_independent_unless_synced_and_seeded_by_step():
+    from cdflow_lib.data import PairAugment
+
     x = torch.rand(2, 3, 20, 20)
-    g = torch.Generator().manual_seed(0)
-    ax, ay = train.augment_pair(x, x.clone(), g, 16)
+    ax, ay = train.augment_batch(x, x.clone(), PairAugment(16), torch.Generator().manual_seed(0))
     assert ax.shape == (2, 3, 16, 16) and not torch.allclose(ax, ay)
-    sx, sy = train.augment_pair(x, x.clone(), torch.Generator().manual_seed(0), 16, sync=True)
+    bx, _ = train.augment_batch(x, x.clone(), PairAugment(16), torch.Generator().manual_seed(0))
+    assert torch.equal(ax, bx)
+    sx, sy = train.augment_batch(x, x.clone(), PairAugment(16, sync=True), torch.Generator().manual_seed(0))
     assert torch.equal(sx, sy)
 
 
