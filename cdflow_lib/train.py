@@ -407,6 +407,12 @@ class _LossModule(nn.Module):
         return cdflow_loss(self.model, x, y, dv)
 
 
+def read_log(path) -> list[dict]:
+    """The per-epoch rows of a run's log.csv, numbers as floats (empty cells as None)."""
+    with open(path, newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 # --- data and command line ----------------------------------------------------------------
 
 def make_datasets(cfg: TrainConfig):
