@@ -1,0 +1,121 @@
+"""Latent editing (cdflow_lib.widgets) on `tiny`: exact inverse, swaps, PCA, the widget."""
+import re
+
+import numpy as np
+import pytest
+import torch
+from test_model import trained_like
+
+from cdflow_lib import widgets
+from cdflow_lib.data.corpus import photo_tensor
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return trained_like("tiny")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return torch.stack([photo_tensor(n, SIZE) for n in ("astronaut", "coffee", "chelsea", "rocket")])
+
+
+def test_amplitude_zero_reproduces_the_image(tiny, photos):
+    pca = widgets.latent_pca(tiny, photos, scale=2, k=3)
+    out = widgets.perturb_latent(tiny, photos[:2], 2, pca.direction(0), 0.0)
+    assert out.shape == photos[:2].shape
+    assert (out - photos[:2]).abs().max() < 1e-5
+
+
+def test_swapping_every_scale_gives_the_other_image(tiny, photos):
+    x, y = photos[:1], photos[1:2]
+    out = widgets.swap_scale(tiny, x, y, [1, 2, 3])
+    assert (out - y).abs().max() < 1e-5
+    assert (widgets.swap_scale(tiny, x, y, []) - x).abs().max() < 1e-5
+
+
+def test_cd_of_a_perturbation_grows_with_amplitude(tiny, photos):
+    x = photos[:1]
+    pca = widgets.latent_pca(tiny, photos, scale=3, k=2)
+    with torch.no_grad():
+        cds = [float(tiny(x, widgets.perturb_latent(tiny, x, 3, pca.direction(0), a))) for a in (0.25, 0.5, 1.0, 2.0)]
+    assert all(b > a for a, b in zip(cds, cds[1:])), cds
+
+
+def test_small_perturbation_cd_is_the_rms_of_the_latent_edit(tiny):
+    """Without clipping CD(x, x') = ||Δz|| / sqrt(D): a mid-grey image stays inside [0, 1]."""
+    x = torch.full((1, 3, SIZE, SIZE), 0.5) + 0.02 * torch.rand(1, 3, SIZE, SIZE)
+    z = tiny.latents(x)[0]
+    direction = torch.zeros(z.shape[1])
+    direction[0] = 1.0
+    edited = widgets.perturb_latent(tiny, x, 1, direction, 0.01)
+    expected = 0.01 * (z.shape[2] * z.shape[3] / (3 * SIZE * SIZE)) ** 0.5
+    with torch.no_grad():
+        assert abs(float(tiny(x, edited, eps=0)) - expected) < 1e-3 * expected + 1e-6
+
+
+def test_latent_pca_matches_numpy_covariance_eigenvectors(tiny, photos):
+    pca = widgets.latent_pca(tiny, photos, scale=1, k=6)
+    with torch.no_grad():
+        z = tiny.latents(photos)[0]
+    samples = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).double().numpy()
+    evals, evecs = np.linalg.eigh(np.cov(samples, rowvar=False))
+    evals, evecs = evals[::-1], evecs[:, ::-1]
+    assert np.allclose(pca.std.double().numpy() ** 2, evals, rtol=1e-4)
+    assert np.allclose(np.abs((pca.components.double().numpy() * evecs.T).sum(1)), 1.0, atol=1e-4)
+    assert abs(float(pca.explained.sum()) - 1.0) < 1e-5            # all 6 components: all of the variance
+
+
+def test_bad_input_gets_clear_errors(tiny, photos):
+    with pytest.raises(ValueError, match="scale must be an integer in 1..3"):
+        widgets.swap_scale(tiny, photos[:1], photos[1:2], 4)
+    with pytest.raises(ValueError, match="direction: expected shape"):
+        widgets.perturb_latent(tiny, photos[:1], 1, torch.ones(5), 1.0)
+    with pytest.raises(ValueError, match="k must be an integer in 1..6"):
+        widgets.latent_pca(tiny, photos, 1, 7)
+
+
+def test_static_figures_build(tiny, photos):
+    import matplotlib.pyplot as plt
+
+    pcas = [widgets.latent_pca(tiny, photos, k, 2) for k in (1, 3)]
+    images, cds = widgets.pc_grid(tiny, photos[:1], pcas, amplitudes=(-1.0, 0.0, 1.0))
+    assert images.shape == (2, 3, 3, SIZE, SIZE) and cds.shape == (2, 3)
+    assert np.all(cds[:, 1] < 1e-3) and np.all(cds[:, [0, 2]] > cds[:, [1]])
+    fig = widgets.pc_grid_figure(images, cds, [1, 3], amplitudes=(-1.0, 0.0, 1.0))
+    assert len(fig.axes) == 6
+    plt.close(fig)
+    swapped, to_x, to_y = widgets.swap_table(tiny, photos[:1], photos[1:2])
+    assert swapped.shape == (3, 3, SIZE, SIZE) and to_x.shape == to_y.shape == (3,)
+    fig = widgets.swap_figure(photos[:1], photos[1:2], swapped, to_x, to_y)
+    assert len(fig.axes) == 5
+    plt.close(fig)
+
+
+def _find(widget, cls, description=None):
+    stack = [widget]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, cls) and (description is None or node.description == description):
+            return node
+        stack.extend(getattr(node, "children", ()))
+    raise LookupError(cls)
+
+
+def test_explorer_builds_without_a_display_and_updates_on_change(tiny, photos):
+    import ipywidgets as w
+
+    box = widgets.latent_explorer(tiny, photos, ["astronaut", "coffee", "chelsea", "rocket"])
+    assert isinstance(box, w.VBox)
+    sliders = [_find(box, w.IntSlider), _find(box, w.FloatSlider)]
+    assert all(s.continuous_update is False for s in sliders)
+    picture, report = _find(box, w.Image), _find(box, w.HTML)
+    assert picture.value[:8] == b"\x89PNG\r\n\x1a\n"
+    before = report.value
+    sliders[1].value = 0.0
+    assert report.value != before
+    assert float(re.search(r"CD\(original, edit\) = ([0-9.]+)", report.value).group(1)) <= 1e-4  # the CD's 1e-8 floor
+    _find(box, w.ToggleButtons).value = "swap"
+    assert "CD(edit, coffee)" in report.value
