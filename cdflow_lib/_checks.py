@@ -53,7 +53,7 @@ def check_image(x, name: str = "image", *, multiple: int = 1) -> None:
             "8-bit images must be converted first (x.float() / 255)"
         )
     check_tensor(x, name, channels=3)
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < 0.0 or hi > 1.0:
         hint = " - this looks like 0-255 data: divide by 255" if hi > 1.0 and hi <= 255.0 and lo >= 0.0 else ""
         raise ValueError(f"{name}: values must lie in [0, 1], found range [{lo:.4g}, {hi:.4g}]{hint}")

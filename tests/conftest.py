@@ -33,6 +33,10 @@ def spcd_labels_dir() -> Path:
     return require_path(SPCD_LABELS)
 
 
+# Two pytest workers share two cores: more BLAS threads than cores makes torch ~20x slower.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
