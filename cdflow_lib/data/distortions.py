@@ -1,11 +1,18 @@
 """Colour distortions that imitate SPCD's families, each with a continuous strength.
 
-Every family is split in two: ``sample_distortion(family, rng)`` draws a random *direction*
-(a dict of plain floats and strings, the parameters at full strength) and
+Every family is split in two: ``sample_distortion(family, rng)`` draws a random distortion
+(a dict of plain floats and strings: its parameters at full strength) and
 ``render_distortion(img, family, params, strength)`` applies it at a strength in [0, 1].
-Strength 0 is the identity; every parameter (or the blend weight of a look) grows
-linearly with the strength, so the visible change grows with it. ``apply_distortion``
-does both.
+``apply_distortion`` does both.
+
+Strength is a blend weight in linear light, like a filter app's intensity slider:
+``y = encode((1 - s) decode(x) + s decode(D(x)))`` with D the full-strength distortion.
+For the linear parts of a camera pipeline (white balance, colour matrix, exposure,
+saturation in linear light) this *is* the distortion with interpolated parameters; for
+the others it is a smooth path from the photograph to D(x). Strength 0 is the identity,
+and because every pixel moves along a straight line in linear RGB (so in XYZ, and in the
+linear opponent space where S-CIELAB filters), the simulated observer's label grows with
+the strength (tests check it for every family).
 
 Families (SPCD's groups 02 .. 07 and its phone captures, DESIGN.md section 6):
 
@@ -16,19 +23,17 @@ Families (SPCD's groups 02 .. 07 and its phone captures, DESIGN.md section 6):
   saturation, brightness, contrast, and a spatially varying tint (a soft blob or a linear
   gradient of colour), so that local colour difference maps have something to find.
   Each edit is active with probability EDIT_ACTIVE_PROBABILITY (at least one always).
-- ``filter``: a phone filter look (``FILTER_LOOKS``) at a jittered intensity, blended with
-  the original by the strength as filter apps do.
+- ``filter``: a phone filter look (``FILTER_LOOKS``) at a jittered intensity.
 - ``profile``: a wrong colour profile: sRGB data decoded as a wider-gamut space (Display P3,
   Adobe RGB (1998) or ProPhoto RGB) and shown on an sRGB display (more saturated), or that
-  space's data shown as sRGB (less saturated). The linear-light matrix (colour-science's
+  space's data shown as sRGB (less saturated): a linear-light matrix (colour-science's
   ``matrix_RGB_to_RGB`` between its RGB_COLOURSPACES, Bradford adaptation for ProPhoto's
-  D50 white, so white stays white) is interpolated from the identity (strength 0) to the
-  full mismatch (strength 1). Only the primaries are wrong: values are decoded and encoded
-  with the sRGB curve throughout (Display P3 uses it; the other two spaces' gamma curves
-  are not modelled).
+  D50 white, so white stays white), which the blend interpolates from the identity. Only
+  the primaries are wrong: values are decoded and encoded with the sRGB curve throughout
+  (Display P3 uses it; the other two spaces' gamma curves are not modelled).
 
-Magnitudes: each parameter's size at full strength is drawn between a lower and an upper
-bound (with a random sign), so no drawn distortion is invisible at every strength.
+Magnitudes: each parameter's size is drawn between a lower and an upper bound (with a
+random sign), so no drawn distortion is invisible at full strength.
 
 Images: [3, H, W] or [B, 3, H, W] float sRGB in [0, 1]; the output has the input's shape
 and lies in [0, 1] (clipped).
@@ -69,7 +74,7 @@ EDIT_TINT_RADIUS = (0.15, 0.4)
 EDIT_ACTIVE_PROBABILITY = 0.6
 EDITS = ("hue", "saturation", "brightness", "contrast", "tint")
 
-#: filter: the looks and the jitter range of their intensity.
+#: filter: the looks (full effect, before the strength blend) and the jitter of their intensity.
 FILTER_LOOKS = ("warm", "cool", "fade", "teal_orange", "sepia", "vivid")
 FILTER_JITTER = (0.7, 1.3)
 
@@ -190,14 +195,13 @@ def sample_distortion(family: str, rng: np.random.Generator) -> dict:
     return dict(direction=str(rng.choice(PROFILE_DIRECTIONS)))
 
 
-def _camera(x: torch.Tensor, p: dict, s: float) -> torch.Tensor:
+def _camera(x: torch.Tensor, p: dict) -> torch.Tensor:
     lin = srgb_to_linear(x)
-    gains = torch.tensor([math.exp(s * p["wb_log_red"]), 1.0, math.exp(s * p["wb_log_blue"])], dtype=x.dtype)
+    gains = torch.tensor([math.exp(p["wb_log_red"]), 1.0, math.exp(p["wb_log_blue"])], dtype=x.dtype)
     lin = lin * gains.view(1, 3, 1, 1)
-    lin = _matmul(torch.eye(3, dtype=torch.float64) + s * torch.tensor(p["matrix"], dtype=torch.float64), lin)
-    lin = lin * 2.0 ** (s * p["ev"])
-    lin = _saturate(lin, 1.0 + s * p["saturation"]).clamp(0.0, 1.0)
-    return _s_curve(linear_to_srgb(lin), s * p["tone"])
+    lin = _matmul(torch.eye(3, dtype=torch.float64) + torch.tensor(p["matrix"], dtype=torch.float64), lin)
+    lin = _saturate(lin * 2.0 ** p["ev"], 1.0 + p["saturation"]).clamp(0.0, 1.0)
+    return _s_curve(linear_to_srgb(lin), p["tone"])
 
 
 def _tint_mask(p: dict, h: int, w: int) -> torch.Tensor:
@@ -213,13 +217,12 @@ def _tint_mask(p: dict, h: int, w: int) -> torch.Tensor:
     return mask[None, None]
 
 
-def _edit(x: torch.Tensor, p: dict, s: float) -> torch.Tensor:
-    x = _matmul(_hue_rotation(s * p["hue_deg"]), x)
-    x = _saturate(x, 1.0 + s * p["saturation"])
-    x = x + s * p["brightness"]
-    x = (x - 0.5) * (1.0 + s * p["contrast"]) + 0.5
+def _edit(x: torch.Tensor, p: dict) -> torch.Tensor:
+    x = _matmul(_hue_rotation(p["hue_deg"]), x)
+    x = _saturate(x, 1.0 + p["saturation"])
+    x = (x + p["brightness"] - 0.5) * (1.0 + p["contrast"]) + 0.5
     tint = _chroma_direction(p["tint_angle"]).to(x.dtype).view(1, 3, 1, 1)
-    return x + s * p["tint_amplitude"] * _tint_mask(p, *x.shape[-2:]).to(x.dtype) * tint
+    return x + p["tint_amplitude"] * _tint_mask(p, *x.shape[-2:]).to(x.dtype) * tint
 
 
 def _look(x: torch.Tensor, look: str, j: float) -> torch.Tensor:
@@ -240,22 +243,20 @@ def _look(x: torch.Tensor, look: str, j: float) -> torch.Tensor:
     return _s_curve(_saturate(x, 1.0 + 0.5 * j), 0.5 * j)      # vivid
 
 
-def _filter(x: torch.Tensor, p: dict, s: float) -> torch.Tensor:
-    return x + s * (_look(x, p["look"], p["intensity"]).clamp(0.0, 1.0) - x)
+def _filter(x: torch.Tensor, p: dict) -> torch.Tensor:
+    return _look(x, p["look"], p["intensity"])
 
 
-def _profile(x: torch.Tensor, p: dict, s: float) -> torch.Tensor:
-    m = torch.from_numpy(profile_matrix(p["direction"]).copy())
-    lin = srgb_to_linear(x)
-    lin = _matmul(torch.eye(3, dtype=torch.float64) + s * (m - torch.eye(3, dtype=torch.float64)), lin)
+def _profile(x: torch.Tensor, p: dict) -> torch.Tensor:
+    lin = _matmul(torch.from_numpy(profile_matrix(p["direction"]).copy()), srgb_to_linear(x))
     return linear_to_srgb(lin.clamp(0.0, 1.0))
 
 
-_RENDER = {"camera": _camera, "edit": _edit, "filter": _filter, "profile": _profile}
+_FULL_STRENGTH = {"camera": _camera, "edit": _edit, "filter": _filter, "profile": _profile}
 
 
 def render_distortion(img: torch.Tensor, family: str, params: dict, strength: float) -> torch.Tensor:
-    """Apply a distortion drawn by `sample_distortion` at `strength` in [0, 1].
+    """Apply a distortion drawn by `sample_distortion` at `strength` in [0, 1] (the linear-light blend).
 
     img: [3, H, W] or [B, 3, H, W] float sRGB in [0, 1] -> same shape, in [0, 1].
     Strength 0 returns an exact copy.
@@ -270,7 +271,9 @@ def render_distortion(img: torch.Tensor, family: str, params: dict, strength: fl
     if s == 0.0:
         return img.clone()
     x = img.unsqueeze(0) if img.dim() == 3 else img
-    out = _RENDER[family](x, params, s).clamp(0.0, 1.0)
+    full = srgb_to_linear(_FULL_STRENGTH[family](x, params).clamp(0.0, 1.0))
+    lin = srgb_to_linear(x)
+    out = linear_to_srgb(lin + s * (full - lin)).clamp(0.0, 1.0)
     return out[0] if img.dim() == 3 else out
 
 
