@@ -132,6 +132,36 @@ def clipped_fraction(cd: CDFlow, zs) -> float:
     return float(((out < 0) | (out > 1)).float().mean())
 
 
+def swap_attribution(x: torch.Tensor, y: torch.Tensor, edited: torch.Tensor) -> dict[str, np.ndarray]:
+    """Whose colour and whose form an edited image has: x's, y's, or a mix.
+
+    x, y: [1, 3, H, W] sRGB in [0, 1]; edited: [N, 3, H, W] (e.g. `swap_table`'s images).
+    Returns [N] arrays:
+    - ``colour_to_x``, ``colour_to_y``: CIEDE2000 between the image-mean CIELAB colour of
+      each edited image and that of x (of y): the global colour cast;
+    - ``form_x``, ``form_y``: Pearson correlation of the edited image's CIELAB L* with x's
+      (with y's) over the pixels: the spatial layout of lightness.
+    """
+    from . import colour
+
+    check_image(x, "x")
+    check_image(y, "y")
+    check_image(edited, "edited")
+    if not x.shape[0] == y.shape[0] == 1 or x.shape[1:] != edited.shape[1:] or y.shape != x.shape:
+        raise ValueError(f"expected x, y [1, 3, H, W] and edited [N, 3, H, W] of one size, "
+                         f"got {tuple(x.shape)}, {tuple(y.shape)}, {tuple(edited.shape)}")
+    lab_e, lab_x, lab_y = (colour.srgb_to_lab(t.double()) for t in (edited, x, y))
+    mean_e, mean_x, mean_y = (t.mean((2, 3)) for t in (lab_e, lab_x, lab_y))
+
+    def corr(a, b):
+        a, b = a - a.mean((1, 2), keepdim=True), b - b.mean((1, 2), keepdim=True)
+        return ((a * b).sum((1, 2)) / (a.pow(2).sum((1, 2)) * b.pow(2).sum((1, 2))).sqrt()).numpy()
+
+    return dict(colour_to_x=colour.delta_e2000(mean_e, mean_x.expand_as(mean_e)).numpy(),
+                colour_to_y=colour.delta_e2000(mean_e, mean_y.expand_as(mean_e)).numpy(),
+                form_x=corr(lab_e[:, 0], lab_x[:, 0]), form_y=corr(lab_e[:, 0], lab_y[:, 0]))
+
+
 # ----------------------------------------------------------------------------- static figures
 
 @torch.no_grad()
@@ -191,7 +221,7 @@ def swap_table(cd: CDFlow, x: torch.Tensor, y: torch.Tensor):
 
 
 def swap_figure(x: torch.Tensor, y: torch.Tensor, swapped: torch.Tensor, cd_x: np.ndarray, cd_y: np.ndarray,
-                names=("x", "y"), size: float = 1.9, suptitle: str | None = None):
+                names=("x", "y"), size: float = 2.0, suptitle: str | None = None):
     """x, y, then x with y's latent at scale k for k = 1..K, titled with the CD to x and to y.
 
     x, y: [1, 3, H, W] or [3, H, W]; swapped, cd_x, cd_y: from `swap_table`.
@@ -201,9 +231,9 @@ def swap_figure(x: torch.Tensor, y: torch.Tensor, swapped: torch.Tensor, cd_x: n
     from .plotting import to_numpy_image
 
     panels = [(x.reshape(3, *x.shape[-2:]), names[0]), (y.reshape(3, *y.shape[-2:]), names[1])]
-    panels += [(img, f"{names[0]} + z{k} of {names[1]}\nCD to {names[0]} {a:.3f}, to {names[1]} {b:.3f}")
+    panels += [(img, f"z{k} from {names[1]}\nCD to {names[0]} {a:.3f}\nCD to {names[1]} {b:.3f}")
                for k, (img, a, b) in enumerate(zip(swapped, cd_x, cd_y), 1)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.6), squeeze=False,
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.8), squeeze=False,
                              layout="constrained")
     for ax, (img, title) in zip(axes[0], panels):
         ax.imshow(to_numpy_image(img))

@@ -151,3 +151,15 @@ def test_maps_figure_has_one_row_per_pair_and_two_colour_bars(tiny, photo):
     assert len(fig.axes) == 2 * 11
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def test_scores_figure_draws_one_bar_per_map_and_condition():
+    import matplotlib.pyplot as plt
+
+    scores = {c: {n: {"auc": v, "energy_inside": v / 2} for n, v in (("a", 0.9), ("b", 0.6), ("c", 0.5))}
+              for c in ("aligned", "misaligned")}
+    fig = cd_maps.scores_figure(scores, chance={"auc": 0.5, "energy_inside": {"aligned": 0.2}})
+    assert len(fig.axes) == 2
+    assert [len(ax.patches) for ax in fig.axes] == [6, 6]
+    assert [len(ax.lines) for ax in fig.axes] == [1, 1]
+    plt.close(fig)

@@ -94,6 +94,15 @@ def test_static_figures_build(tiny, photos):
     plt.close(fig)
 
 
+def test_swap_attribution_of_the_two_originals(photos):
+    x, y = photos[:1], photos[1:2]
+    a = widgets.swap_attribution(x, y, torch.cat([x, y]))
+    assert a["colour_to_x"][0] < 1e-9 and a["colour_to_y"][1] < 1e-9
+    assert abs(a["colour_to_y"][0] - a["colour_to_x"][1]) < 1e-9 and a["colour_to_y"][0] > 1.0
+    assert np.allclose([a["form_x"][0], a["form_y"][1]], 1.0)
+    assert abs(a["form_y"][0] - a["form_x"][1]) < 1e-9 and abs(a["form_y"][0]) < 0.9
+
+
 def _find(widget, cls, description=None):
     stack = [widget]
     while stack:

@@ -296,8 +296,8 @@ def scores_figure(scores: dict, metrics=("auc", "energy_inside"), chance=None, s
     """Grouped bars of localisation scores: scores[condition][map name][metric] -> float.
 
     One panel per metric; bars grouped by map, one colour per condition. chance: optional
-    {metric: value or {condition: value}} drawn as dashed lines (e.g. auc 0.5, energy_inside
-    the inside area).
+    {metric: value or {condition: value}} drawn as dashed lines, grey for one value, in the
+    condition's colour per condition (e.g. auc 0.5, energy_inside the inside area).
     """
     import matplotlib.pyplot as plt
 
@@ -313,10 +313,11 @@ def scores_figure(scores: dict, metrics=("auc", "energy_inside"), chance=None, s
             vals = [scores[cond][n][metric] for n in names]
             ax.bar(pos + (i - (len(conditions) - 1) / 2) * width, vals, width, label=cond, color=colours[i % 10])
             level = (chance or {}).get(metric)
-            if isinstance(level, dict):
-                level = level.get(cond)
-            if level is not None:
-                ax.axhline(level, color=colours[i % 10], ls="--", lw=1)
+            if isinstance(level, dict) and level.get(cond) is not None:
+                ax.axhline(level[cond], color=colours[i % 10], ls="--", lw=1)
+        level = (chance or {}).get(metric)
+        if level is not None and not isinstance(level, dict):
+            ax.axhline(level, color="0.3", ls="--", lw=1)
         ax.set_xticks(pos, names, rotation=35, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
