@@ -1,5 +1,7 @@
 """Cortical-like responses: opponent colour space, receptive and generative fields, the
 luminance / single- / double-opponent classifier, gratings."""
+import json
+
 import colour as colour_science
 import numpy as np
 import pytest
@@ -137,6 +139,27 @@ def test_class_shares_count_per_scale():
         cortical.class_shares(["colour"], [1], 1)
 
 
+def test_paper_claim_reads_the_single_opponent_fraction_of_chromatic_fields():
+    claimed = np.array([[0.5, 0.1, 0.4], [0.2, 0.4, 0.4], [0.0, 0.9, 0.1]])   # finest DO, coarsest SO
+    np.testing.assert_allclose(cortical.single_opponent_fraction(claimed), [0.2, 0.5, 0.9])
+    assert cortical.paper_claim(claimed) == {"so_fraction_finest": pytest.approx(0.2),
+                                             "so_fraction_coarsest": pytest.approx(0.9), "holds": True}
+    assert not cortical.paper_claim(claimed[::-1])["holds"]
+    no_colour = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert cortical.paper_claim(no_colour)["so_fraction_finest"] is None
+    assert not cortical.paper_claim(no_colour)["holds"]
+
+
+def test_window_holds_a_field_confined_to_the_unit_block():
+    unit = Unit(2, 0, 3, 1)                       # block rows 12..15, cols 4..7 of a 32 px image
+    field = torch.zeros(1, 3, 32, 32)
+    field[0, :, 12:16, 4:8] = 1.0
+    field[0, 1, 0, 31] = 0.5                      # a far-away speck: 0.25 / 48.25 of the energy
+    fs = cortical.FieldSet([unit], "jacobian", field, field, np.ones(1), np.ones(1), ["luminance"])
+    assert cortical.window(field[0], unit).shape == (3, 8, 8)
+    np.testing.assert_allclose(cortical.window_energy_share(fs), [48.0 / 48.25])
+
+
 # --- the opponent colour space --------------------------------------------------------------
 
 def test_achromatic_channel_is_the_srgb_luminance_of_colour_science():
@@ -221,6 +244,9 @@ def test_receptive_fields_classifies_every_unit(tiny, image):
     assert fs.fields.shape == (len(UNITS), 3, SIZE, SIZE) and len(fs.classes) == len(UNITS)
     assert set(fs.classes) <= set(cortical.CLASSES)
     np.testing.assert_allclose(np.nansum(fs.shares(3), 1), 1.0)
+    summary = cortical.receptive_fields(tiny, image, UNITS, method="jacobian").summary(3)
+    assert json.loads(json.dumps(summary, allow_nan=False)) == summary
+    assert [len(v) for v in summary.values()] == [3] * 5
 
 
 def test_centre_units_sit_at_the_latent_centre(tiny):

@@ -118,8 +118,9 @@ GRATING_KINDS = {"luminance": 0, "red-green": 1, "blue-yellow": 2}
 GRATING_AMPLITUDE = 0.1
 #: Default grating background: sRGB mid-grey.
 GRATING_BACKGROUND = 0.5
-#: Crop side of a field figure's tiles, in units of the scale's block size 2^k.
-WINDOW_BLOCKS = 4
+#: Side of the window a field is shown in, in units of the scale's block size 2^k: the unit's
+#: own block and half a block around it (`window_energy_share` measures what it holds).
+WINDOW_BLOCKS = 2
 
 
 # ----------------------------------------------------------------------------- opponent colour
@@ -335,6 +336,32 @@ def class_shares(classes, scales, n_scales: int) -> np.ndarray:
     return out
 
 
+def single_opponent_fraction(shares: np.ndarray) -> np.ndarray:
+    """[K] share of single-opponent among the chromatic (single- or double-opponent) fields of
+    each scale, from a [K, 3] `class_shares` table; NaN where a scale has no chromatic field."""
+    shares = np.asarray(shares, dtype=np.float64)
+    if shares.ndim != 2 or shares.shape[1] != len(CLASSES):
+        raise ValueError(f"shares: expected a [K, {len(CLASSES)}] table, got shape {shares.shape}")
+    chromatic = shares[:, 1] + shares[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(chromatic > 0, shares[:, 1] / chromatic, np.nan)
+
+
+def paper_claim(shares: np.ndarray) -> dict:
+    """Test the paper's claim on a [K, 3] `class_shares` table (rows finest first): coarse
+    scales single-opponent, fine scales double-opponent. Among chromatic fields, the claim
+    holds when the single-opponent fraction is above 1/2 at the coarsest scale and below 1/2
+    at the finest. Returns the two fractions (None: no chromatic field) and ``holds``."""
+    frac = single_opponent_fraction(shares)
+    return {"so_fraction_finest": _number(frac[0]), "so_fraction_coarsest": _number(frac[-1]),
+            "holds": bool(frac[-1] > 0.5 and frac[0] < 0.5)}
+
+
+def _number(v) -> float | None:
+    """A float for JSON, None for NaN."""
+    return None if np.isnan(v) else float(v)
+
+
 @dataclass
 class FieldSet:
     """Fields of `units` at one image, their opponent-colour statistics and classes.
@@ -357,6 +384,26 @@ class FieldSet:
     def shares(self, n_scales: int | None = None) -> np.ndarray:
         """[K, 3] class shares per scale (see `class_shares`)."""
         return class_shares(self.classes, self.scales, n_scales or int(self.scales.max()))
+
+    def summary(self, n_scales: int | None = None) -> dict:
+        """Per scale (lists, finest first; None where undefined, so it serialises to JSON): class
+        shares, median achromatic share, median low-pass index (over fields with chromatic
+        energy), median window energy share, single-opponent fraction of chromatic fields."""
+        k_max = n_scales or int(self.scales.max())
+        in_window = window_energy_share(self)
+
+        def medians(values):
+            return [_number(np.median(values[(self.scales == k) & ~np.isnan(values)]))
+                    if ((self.scales == k) & ~np.isnan(values)).any() else None for k in range(1, k_max + 1)]
+
+        shares = self.shares(k_max)
+        return {
+            "shares": [[_number(v) for v in row] for row in shares],
+            "median_achromatic_share": medians(self.achromatic_share),
+            "median_lowpass_index": medians(self.lowpass_index),
+            "median_window_energy_share": medians(in_window),
+            "single_opponent_fraction": [_number(v) for v in single_opponent_fraction(shares)],
+        }
 
 
 def receptive_fields(flow: MultiScaleFlow, x: torch.Tensor, units, method: str = "jacobian",
@@ -451,7 +498,7 @@ def lowpass_tuning_index(responses: np.ndarray) -> np.ndarray:
     return r[:, 0] / r.max(1)
 
 
-# ----------------------------------------------------------------------------- figures
+# ----------------------------------------------------------------------------- windows and figures
 
 def window(field: torch.Tensor, unit: Unit, side: int | None = None) -> torch.Tensor:
     """Crop [C, H, W] to a side x side square centred on the unit's block (clamped to the image);
@@ -462,6 +509,13 @@ def window(field: torch.Tensor, unit: Unit, side: int | None = None) -> torch.Te
     top = int(min(max(round(cy - side / 2), 0), h - side))
     left = int(min(max(round(cx - side / 2), 0), w - side))
     return field[..., top:top + side, left:left + side]
+
+
+def window_energy_share(fs: FieldSet) -> np.ndarray:
+    """[N] share of each field's energy (sRGB coordinates) inside its `window`."""
+    total = fs.fields.pow(2).flatten(1).sum(1)
+    inside = torch.stack([window(f, u).pow(2).sum() for f, u in zip(fs.fields, fs.units)])
+    return (inside / total).double().cpu().numpy()
 
 
 def render_field(field: torch.Tensor) -> np.ndarray:
@@ -487,6 +541,7 @@ def field_mosaic(fs: FieldSet, per_scale: int = 6, title: str | None = None, til
     import matplotlib.pyplot as plt
 
     rows = _units_by_scale(fs, per_scale)
+    per_scale = max(len(idx) for idx in rows.values())
     fig, axes = plt.subplots(len(rows), per_scale, figsize=(tile * per_scale + 0.8, tile * len(rows) + 0.5),
                              squeeze=False)
     for r, (k, idx) in enumerate(sorted(rows.items())):
@@ -514,6 +569,7 @@ def opponent_mosaic(fs: FieldSet, per_scale: int = 3, title: str | None = None, 
     import matplotlib.pyplot as plt
 
     rows = _units_by_scale(fs, per_scale)
+    per_scale = max(len(idx) for idx in rows.values())
     ncols = 3 * per_scale
     fig, axes = plt.subplots(len(rows), ncols, figsize=(tile * ncols + 0.8, tile * len(rows) + 0.6), squeeze=False)
     for r, (k, idx) in enumerate(sorted(rows.items())):
@@ -598,6 +654,7 @@ def grating_figure(responses: dict, cycles, title: str | None = None):
     """Figure: per-scale response (RMS latent change) against cycles per image, one panel
     per grating kind ({kind: [K, F] array from `grating_responses`}), log-log, shared y."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, axes = plt.subplots(1, len(responses), figsize=(3.1 * len(responses) + 0.4, 3.0), squeeze=False,
                              sharey=True)
@@ -608,6 +665,8 @@ def grating_figure(responses: dict, cycles, title: str | None = None):
             ax.plot(list(cycles), row, "o-", ms=3, color=cmap(k - 1), label=f"scale {k}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("cycles per image")
         ax.set_title(kind, fontsize=9)
     axes[0, 0].set_ylabel("RMS latent change")
