@@ -1,9 +1,7 @@
 """The embedded photo corpus and the geometric transforms: offline, deterministic, exact geometry.
 
-Every data test file imports two autouse fixtures from here: `no_network` makes any socket
-(or DNS lookup) raise, so a data test that touched the network would fail; `one_thread`
-runs the module with one intra-op thread (the tensors are tiny, and on a shared 2-core
-machine a second thread per process only adds contention).
+Every data test file imports the autouse fixture `no_network` from here: it makes any
+socket (or DNS lookup) raise, so a data test that touched the network would fail.
 """
 import math
 import socket
@@ -26,14 +24,6 @@ def no_network(monkeypatch):
         raise RuntimeError("a data test tried to use the network")
     for name in ("socket", "create_connection", "getaddrinfo"):
         monkeypatch.setattr(socket, name, refuse)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_network_guard_is_active():

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from cdflow_lib.data import SPCDPairs, SyntheticPairs, pairs_from_env, spcd_datasets
-from cdflow_lib.data.spcd import find_duplicates, pair_is_aligned, parse_spcd_name, read_spcd_labels, scene_split
-from test_data_corpus import no_network, one_thread  # noqa: F401  (autouse: no sockets, one thread)
+from cdflow_lib.data.spcd import (find_duplicates, label_statistics, pair_is_aligned, parse_spcd_name, read_spcd_labels,
+                                  scene_split)
+from test_data_corpus import no_network  # noqa: F401  (autouse: sockets refuse)
 
 SCENES = (1, 2, 3, 4, 5, 6)
 IMAGES = [f"I{s:04d}_{g:02d}_{i:02d}.png" for s in SCENES for g, i in ((1, 1), (1, 2), (1, 3), (2, 1), (5, 2))]
@@ -233,9 +234,12 @@ def test_kaggle_file_is_read_with_its_header_and_matches_the_authors_labels(real
 def test_real_labels_match_the_published_statistics(real_labels):
     labels_dir, rows = real_labels
     stats = json.loads((labels_dir.parent / "spcd_label_stats.json").read_text())
-    unique = {(r.ref, r.test): r for s in ("train", "val", "test") for r in rows[s]}.values()
-    for key, keep in (("all", lambda r: True), ("aligned", lambda r: r.aligned), ("non_aligned", lambda r: not r.aligned)):
-        dv = np.array([r.dv for r in unique if keep(r)])
-        assert len(dv) == (stats["n_pairs"] if key == "all" else stats[key]["n"])
-        assert dv.mean() == pytest.approx(stats[key]["mean"], rel=1e-9)
-        assert np.quantile(dv, 0.5) == pytest.approx(stats[key]["quantiles"]["0.5"], rel=1e-9)
+    unique = list({(r.ref, r.test): r for s in ("train", "val", "test") for r in rows[s]}.values())
+    ours = label_statistics([r.dv for r in unique], [r.aligned for r in unique])
+    assert ours["all"]["n"] == stats["n_pairs"]
+    for key in ("all", "aligned", "non_aligned"):
+        if key != "all":
+            assert ours[key]["n"] == stats[key]["n"]
+        assert ours[key]["mean"] == pytest.approx(stats[key]["mean"], rel=1e-12)
+        assert ours[key]["std"] == pytest.approx(stats[key]["std"], rel=1e-12)
+        assert ours[key]["quantiles"] == pytest.approx(stats[key]["quantiles"], rel=1e-12)

@@ -16,7 +16,7 @@ from cdflow_lib.data.corpus import corpus_names, photo_tensor
 from cdflow_lib.data.distortions import FAMILIES, apply_distortion, render_distortion, sample_distortion
 from cdflow_lib.data.observer import dv_from_pooled, fit_observer_mapping, pooled_delta_e, simulated_observer
 from cdflow_lib.data.synthetic import STRENGTH_RANGE, SyntheticPairs, split_sources
-from test_data_corpus import no_network, one_thread  # noqa: F401  (autouse: no sockets, one thread)
+from test_data_corpus import no_network  # noqa: F401  (autouse: sockets refuse)
 
 SIZE = 48
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from .corpus import corpus_names, load_corpus, load_photo, source_of
 from .distortions import FAMILIES, apply_distortion, render_distortion, sample_distortion
 from .observer import pooled_delta_e, simulated_observer
-from .spcd import SPCDPairs, SPCDRow, find_duplicates, pair_is_aligned, read_spcd_labels, scene_split
+from .spcd import (SPCDPairs, SPCDRow, find_duplicates, label_statistics, pair_is_aligned, read_spcd_labels,
+                   scene_split)
 from .synthetic import PairSpec, SyntheticPairs, split_sources
 from .transforms import PairAugment, affine_warp, misalign
 
@@ -75,7 +76,7 @@ def pairs_from_env(split: str, size: int = 128, seed: int = 0, augment: bool = F
 
 __all__ = [
     "FAMILIES", "PairAugment", "PairSpec", "SPCDPairs", "SPCDRow", "SyntheticPairs", "affine_warp",
-    "apply_distortion", "corpus_names", "find_duplicates", "load_corpus", "load_photo", "misalign",
+    "apply_distortion", "corpus_names", "find_duplicates", "label_statistics", "load_corpus", "load_photo", "misalign",
     "pair_is_aligned", "pairs_from_env", "pooled_delta_e", "read_spcd_labels", "render_distortion",
     "sample_distortion", "scene_split", "spcd_datasets", "spcd_pairs", "simulated_observer", "source_of", "split_sources",
 ]

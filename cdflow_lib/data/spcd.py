@@ -151,6 +151,30 @@ def scene_split(scene: int, seed: int = 0) -> str:
     return name
 
 
+#: Quantile levels of SPCD's published label statistics.
+STAT_LEVELS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+
+
+def label_statistics(dv, aligned) -> dict:
+    """Statistics of a set of labels in the layout of SPCD's label statistics file.
+
+    dv: [N] labels; aligned: [N] bools. Returns {"all", "aligned", "non_aligned"}, each
+    {"n", "mean", "std" (population), "quantiles": {level: value}} with the STAT_LEVELS as
+    strings ('0.05'), linear interpolation between order statistics (numpy's default).
+    """
+    dv = np.asarray(dv, dtype=np.float64)
+    aligned = np.asarray(aligned, dtype=bool)
+    if dv.ndim != 1 or dv.shape != aligned.shape or dv.size == 0:
+        raise ValueError(f"dv and aligned must be non-empty 1-d arrays of one length, got {dv.shape} and {aligned.shape}")
+
+    def stats(values):
+        if values.size == 0:
+            return {"n": 0}
+        return {"n": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
+                "quantiles": {f"{q:g}": float(np.quantile(values, q)) for q in STAT_LEVELS}}
+    return {"all": stats(dv), "aligned": stats(dv[aligned]), "non_aligned": stats(dv[~aligned])}
+
+
 def check_spcd_files(rows: list[SPCDRow], root, csv_name: str = "the label file") -> None:
     """Raise FileNotFoundError naming the first missing image (in file order) and its CSV line."""
     root = Path(root)
