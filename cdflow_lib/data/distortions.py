@@ -50,7 +50,8 @@ from ..colour import linear_to_srgb, srgb_to_linear
 
 FAMILIES = ("camera", "edit", "filter", "profile")
 
-#: Rec. 709 luma weights (on encoded values) for saturation and luma-based looks.
+#: Rec. 709 / sRGB weights: luminance of linear values (camera saturation), luma of encoded
+#: values (edits and looks).
 LUMA_WEIGHTS = (0.2126, 0.7152, 0.0722)
 
 #: camera, at strength 1: log white-balance gain std (red and blue), colour-matrix
@@ -170,7 +171,7 @@ def sample_distortion(family: str, rng: np.random.Generator) -> dict:
     if family == "camera":
         off = rng.normal(0.0, CAMERA_MATRIX_STD, size=(3, 3))
         np.fill_diagonal(off, 0.0)
-        np.fill_diagonal(off, -off.sum(1))         # rows sum to 0: the matrix I + s E keeps white
+        np.fill_diagonal(off, -off.sum(1))         # rows sum to 0: the matrix I + E keeps white
         return dict(wb_log_red=float(rng.normal(0.0, CAMERA_WB_LOG_STD)),
                     wb_log_blue=float(rng.normal(0.0, CAMERA_WB_LOG_STD)),
                     matrix=off.round(6).tolist(), ev=_signed(rng, CAMERA_EV),
@@ -226,7 +227,13 @@ def _edit(x: torch.Tensor, p: dict) -> torch.Tensor:
 
 
 def _look(x: torch.Tensor, look: str, j: float) -> torch.Tensor:
-    """The full look of a filter at intensity j (about 1) on encoded values."""
+    """The full look of a filter at intensity j (about 1) on encoded values x: [B, 3, H, W].
+
+    warm / cool: linear-light gains of +-15 % red and -+18 % blue; fade: blacks lifted by
+    0.1, whites lowered by 0.05, saturation -35 %; teal_orange: shadows pushed to teal and
+    highlights to orange by up to about 0.09; sepia: 60 % mix with a brown-toned luma; vivid:
+    saturation +50 % and an S-curve (all scaled by j).
+    """
     if look in ("warm", "cool"):
         sign = 1.0 if look == "warm" else -1.0
         gains = torch.tensor([1.0 + sign * 0.15 * j, 1.0, 1.0 - sign * 0.18 * j], dtype=x.dtype)
