@@ -132,10 +132,12 @@ def clipped_fraction(cd: CDFlow, zs) -> float:
     return float(((out < 0) | (out > 1)).float().mean())
 
 
-def swap_attribution(x: torch.Tensor, y: torch.Tensor, edited: torch.Tensor) -> dict[str, np.ndarray]:
+def edit_attribution(x: torch.Tensor, y: torch.Tensor, edited: torch.Tensor) -> dict[str, np.ndarray]:
     """Whose colour and whose form an edited image has: x's, y's, or a mix.
 
-    x, y: [1, 3, H, W] sRGB in [0, 1]; edited: [N, 3, H, W] (e.g. `swap_table`'s images).
+    x: [1, 3, H, W] the original, y: [1, 3, H, W] a second reference (the swap partner; or x
+    again for a perturbation), both sRGB in [0, 1]; edited: [N, 3, H, W] (e.g. `swap_table`'s
+    or `pc_grid`'s images).
     Returns [N] arrays:
     - ``colour_to_x``, ``colour_to_y``: CIEDE2000 between the image-mean CIELAB colour of
       each edited image and that of x (of y): the global colour cast;

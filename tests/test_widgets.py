@@ -94,9 +94,9 @@ def test_static_figures_build(tiny, photos):
     plt.close(fig)
 
 
-def test_swap_attribution_of_the_two_originals(photos):
+def test_edit_attribution_of_the_two_originals(photos):
     x, y = photos[:1], photos[1:2]
-    a = widgets.swap_attribution(x, y, torch.cat([x, y]))
+    a = widgets.edit_attribution(x, y, torch.cat([x, y]))
     assert a["colour_to_x"][0] < 1e-9 and a["colour_to_y"][1] < 1e-9
     assert abs(a["colour_to_y"][0] - a["colour_to_x"][1]) < 1e-9 and a["colour_to_y"][0] > 1.0
     assert np.allclose([a["form_x"][0], a["form_y"][1]], 1.0)

@@ -192,9 +192,9 @@ def localisation_scores(m, mask, threshold: float = MASK_THRESHOLD) -> dict[str,
         raise ValueError(f"map and mask must have the same shape, got {m.shape} and {mask.shape}")
     if m.min() < 0:
         raise ValueError(f"map must be non-negative, found minimum {m.min():.4g}")
-    energy = m ** 2
-    if energy.sum() == 0 or m.std() == 0:
+    if m.std() == 0:
         raise ValueError("map is constant: it cannot localise anything")
+    energy = m ** 2
     inside = mask > threshold
     if mask.std() == 0:
         raise ValueError("mask is constant: there is no region to find")
