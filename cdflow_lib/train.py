@@ -82,7 +82,7 @@ class TrainConfig:
 RECIPES = {
     "paper": dict(model="paper", image_size=768, epochs=50, batch_size=4, lr=1e-5, adam_eps=1e-7, lr_step=5,
                   lr_gamma=0.5, ema_decay=0.999, seed=100, sync_augment=False),
-    "synthetic": dict(model="small", image_size=128, epochs=10, batch_size=8, lr=1e-4, adam_eps=1e-7, lr_step=4,
+    "synthetic": dict(model="small", image_size=128, epochs=6, batch_size=8, lr=1e-4, adam_eps=1e-7, lr_step=3,
                       lr_gamma=0.5, ema_decay=0.99, seed=100, sync_augment=False, pairs_per_image=96),
 }
 
