@@ -34,7 +34,7 @@ DEFAULT_AMPLITUDES = (-3.0, -1.5, 0.0, 1.5, 3.0)
 AMPLITUDE_RANGE = (-4.0, 4.0)
 #: Principal components offered per scale.
 DEFAULT_COMPONENTS = 4
-#: Side, in pixels, of each image panel the widget shows (images are enlarged to it, nearest neighbour).
+#: Minimum side, in pixels, of each image panel the widget shows (enlarged by an integer factor, nearest neighbour).
 WIDGET_PANEL_PX = 224
 
 
@@ -250,7 +250,8 @@ def swap_figure(x: torch.Tensor, y: torch.Tensor, swapped: torch.Tensor, cd_x: n
 # ----------------------------------------------------------------------------- the widget
 
 def _png(images, panel: int = WIDGET_PANEL_PX) -> bytes:
-    """[3, H, W] images in [0, 1] side by side, enlarged (nearest) to `panel` px high, as PNG bytes."""
+    """[3, H, W] images in [0, 1] side by side as PNG bytes, each enlarged (nearest neighbour, integer
+    factor) to at least `panel` px high."""
     from PIL import Image
 
     from .plotting import to_numpy_image
@@ -258,7 +259,7 @@ def _png(images, panel: int = WIDGET_PANEL_PX) -> bytes:
     tiles = []
     for img in images:
         arr = (to_numpy_image(img) * 255 + 0.5).astype(np.uint8)
-        factor = max(1, panel // arr.shape[0])
+        factor = max(1, -(-panel // arr.shape[0]))          # ceil: at least `panel` px high
         tiles.append(arr.repeat(factor, 0).repeat(factor, 1))
     gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
     row = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
