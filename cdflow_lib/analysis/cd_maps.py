@@ -321,7 +321,7 @@ def scores_figure(scores: dict, metrics=("auc", "energy_inside"), chance=None, s
         ax.set_xticks(pos, names, rotation=35, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return fig
