@@ -23,6 +23,8 @@ import torch
 from scipy import optimize, special, stats
 from tqdm.auto import tqdm
 
+from .plotting import markdown_table
+
 #: Nelder-Mead budget and tolerances for the logistic fit. Noisy data converge in a few
 #: hundred steps; noise-free curved data drift along flat directions of the 5-d error surface
 #: (PLCC already > 0.997 at 5,000 evaluations on the test curves), so the budget bounds the cost.
@@ -306,9 +308,7 @@ def format_table(rows: list[dict], columns: Iterable[str] | None = None, digits:
             return f"{v:.{digits}f}"
         return str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(columns, [[cell(r.get(c, "")) for c in columns] for r in rows])
 
 
 def main(argv=None) -> int:

@@ -136,3 +136,9 @@ def memory_modes_diagram():
     ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def markdown_table(header, rows) -> str:
+    """A markdown table from a header and rows of cells (cells are shown with str())."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
