@@ -683,27 +683,31 @@ def plot_macadam(ellipses: MacAdamEllipses, results: Mapping[str, ThresholdEllip
 
 def plot_mapped_ellipses(ellipses: MacAdamEllipses, results: Mapping[str, ThresholdEllipses]):
     """Figure: MacAdam's in-gamut ellipses as each measure sees them (``mapped_axes``), all
-    centred at the origin and divided by their geometric-mean size. A uniform measure draws
-    one unit circle (dashed)."""
+    centred at the origin and divided by their geometric-mean size, on one scale for all
+    panels. A uniform measure draws one unit circle (dashed)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(3.0 * len(results), 3.3), squeeze=False)
     t = np.linspace(0, 2 * np.pi, 100)
-    for ax, (colour_, (name, res)) in zip(axes[0], zip(MEASURE_COLOURS, results.items())):
-        ag = ellipse_agreement(ellipses.matrix, res.matrix)
-        major, minor = mapped_axes(ellipses.matrix, res.matrix)
-        norm = np.exp(np.mean(np.log(ag["size"])))
-        # orientation in the mapped space: eigenvectors of A^(-1/2) M A^(-1/2)
-        for m, a, big, small in zip(ellipses.matrix, res.matrix, major / norm, minor / norm):
+    curves = {}
+    for name, res in results.items():
+        size = ellipse_agreement(ellipses.matrix, res.matrix)["size"]
+        norm = np.exp(np.mean(np.log(size)))
+        curves[name] = []
+        for m, a in zip(ellipses.matrix, res.matrix):
             w, v = np.linalg.eigh(a)
-            root_inv = v @ np.diag(w ** -0.5) @ v.T
-            _, vec = np.linalg.eigh(root_inv @ m @ root_inv)
+            root_inv = v @ np.diag(w ** -0.5) @ v.T                    # A^(-1/2): measure space -> xy
+            lam, vec = np.linalg.eigh(root_inv @ m @ root_inv)          # ascending: vec[:, 0] is the major axis
+            big, small = lam ** -0.5 / norm
             ang = np.arctan2(vec[1, 0], vec[0, 0])
             x, y = big * np.cos(t), small * np.sin(t)
-            ax.plot(np.cos(ang) * x - np.sin(ang) * y, np.sin(ang) * x + np.cos(ang) * y, color=colour_, lw=1.0)
+            curves[name].append((np.cos(ang) * x - np.sin(ang) * y, np.sin(ang) * x + np.cos(ang) * y))
+    lim = 1.05 * max(1.0, max(float(np.abs(np.concatenate([np.ravel(c) for c in cs])).max()) for cs in curves.values()))
+    for ax, (colour_, (name, res)) in zip(axes[0], zip(MEASURE_COLOURS, results.items())):
+        for x, y in curves[name]:
+            ax.plot(x, y, color=colour_, lw=1.0)
         ax.plot(np.cos(t), np.sin(t), "k--", lw=0.8)
-        lim = 1.1 * max(1.0, float((major / norm).max()))
-        s = uniformity_summary(ag)
+        s = uniformity_summary(ellipse_agreement(ellipses.matrix, res.matrix))
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
         ax.set_title(f"{name}\naxis ratio {s['axis_ratio_median']:.2f}, size CV {s['size_cv']:.2f}", fontsize=9)
     fig.suptitle("MacAdam's ellipses in each measure's own space (uniform = equal circles)", fontsize=10)
