@@ -1,5 +1,6 @@
 """Cortical-like responses: opponent colour space, receptive and generative fields, the
 luminance / single- / double-opponent classifier, gratings."""
+import copy
 import json
 
 import colour as colour_science
@@ -151,12 +152,14 @@ def test_paper_claim_reads_the_single_opponent_fraction_of_chromatic_fields():
 
 
 def test_window_holds_a_field_confined_to_the_unit_block():
-    unit = Unit(2, 0, 3, 1)                       # block rows 12..15, cols 4..7 of a 32 px image
-    field = torch.zeros(1, 3, 32, 32)
-    field[0, :, 12:16, 4:8] = 1.0
-    field[0, 1, 0, 31] = 0.5                      # a far-away speck: 0.25 / 48.25 of the energy
+    unit = Unit(2, 0, 5, 1)                       # block rows 20..23, cols 4..7 of a 48 px image
+    field = torch.zeros(1, 3, 48, 48)
+    field[0, :, 20:24, 4:8] = 1.0
+    field[0, 1, 0, 47] = 0.5                      # a far-away speck: 0.25 / 48.25 of the energy
     fs = cortical.FieldSet([unit], "jacobian", field, field, np.ones(1), np.ones(1), ["luminance"])
-    assert cortical.window(field[0], unit).shape == (3, 8, 8)
+    window = cortical.window(field[0], unit)      # 16 x 16 (WINDOW_MIN_PX), clamped at the left edge
+    assert window.shape == (3, 16, 16) and float(window.sum()) == 48.0
+    assert cortical.window(field[0], Unit(5, 0, 0, 0)).shape == (3, 48, 48)   # at most the image
     np.testing.assert_allclose(cortical.window_energy_share(fs), [48.0 / 48.25])
 
 
@@ -230,6 +233,14 @@ def test_inverse_field_agrees_with_the_jacobian_of_the_inverse(tiny, image):
         err = float(((fields - columns).flatten(1).abs().max(1).values / scale).max())
         assert err < tol, eps
     assert err > 1e-4          # a large step is visibly nonlinear: the check has teeth
+
+
+def test_inverse_fields_of_a_float32_flow_run_in_float64(tiny, image):
+    tiny32 = copy.deepcopy(tiny).float()
+    got = cortical.inverse_fields(tiny32, image.float(), UNITS, eps=1e-6)
+    assert got.dtype == torch.float32 and next(tiny32.parameters()).dtype == torch.float32
+    expected = cortical.inverse_fields(tiny, image, UNITS, eps=1e-6)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)   # float32 steps of 1e-6 would be noise
 
 
 def test_jacobian_rows_and_inverse_columns_are_dual(tiny, image):

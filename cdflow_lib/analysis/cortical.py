@@ -66,6 +66,7 @@ orientations and phases, of the change of its latent from that of the uniform gr
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -105,10 +106,15 @@ LOWPASS_INDEX_MIN = 0.5
 
 #: How fields are computed (see the module docstring) and which change of coordinates they take.
 METHODS = {"jacobian": "response", "inverse": "pattern"}
-#: Default latent step of the inverse (generative) fields, in latent units (the trained
-#: latents have roughly unit spread): small enough for the linear regime, large enough that
-#: float32 round-off of the inverse (~1e-6) stays far below the field.
-DEFAULT_EPS = 0.05
+#: Default latent step of the inverse (generative) fields, in latent units. The trained
+#: flow's Jacobian is ill-conditioned (the shipped model's latents at a grey image spread over
+#: tens of units): a step of 0.05 already leaves the linear regime (J_f J_f^-1 off the identity
+#: by 0.1), while float32 round-off of the inverse divided by a step below 0.05 swamps the
+#: field. So the generative fields are computed in float64 (`INVERSE_PRECISION`), where a
+#: step of 1e-4 is linear to 1e-4 and round-off stays near 1e-12.
+DEFAULT_EPS = 1e-4
+#: Precision of the generative fields' forward and inverse passes (see DEFAULT_EPS).
+INVERSE_PRECISION = torch.float64
 
 #: The grating kinds and the opponent channel each one modulates.
 GRATING_KINDS = {"luminance": 0, "red-green": 1, "blue-yellow": 2}
@@ -118,9 +124,11 @@ GRATING_KINDS = {"luminance": 0, "red-green": 1, "blue-yellow": 2}
 GRATING_AMPLITUDE = 0.1
 #: Default grating background: sRGB mid-grey.
 GRATING_BACKGROUND = 0.5
-#: Side of the window a field is shown in, in units of the scale's block size 2^k: the unit's
-#: own block and half a block around it (`window_energy_share` measures what it holds).
-WINDOW_BLOCKS = 2
+#: Side of the window a field is shown in: WINDOW_BLOCKS blocks of the scale (2^k px each),
+#: at least WINDOW_MIN_PX pixels (the trained couplings spread fine-scale fields a few pixels
+#: beyond their block); `window_energy_share` measures what the window holds.
+WINDOW_BLOCKS = 4
+WINDOW_MIN_PX = 16
 
 
 # ----------------------------------------------------------------------------- opponent colour
@@ -265,17 +273,22 @@ def jacobian_fields(flow: MultiScaleFlow, x: torch.Tensor, units, batch_size: in
 
 @torch.no_grad()
 def inverse_fields(flow: MultiScaleFlow, x: torch.Tensor, units, eps: float = DEFAULT_EPS,
-                   batch_size: int = 8) -> torch.Tensor:
+                   batch_size: int = 8, precision: torch.dtype = INVERSE_PRECISION) -> torch.Tensor:
     """Generative fields (f^-1(z + eps e_u) - f^-1(z)) / eps of `units` at the image x.
 
-    x: [1, 3, H, W] sRGB in [0, 1]; eps > 0 in latent units. Returns [N, 3, H, W] (sRGB values
-    per latent unit). f^-1(z) is x up to float round-off; subtracting it (rather than x)
-    cancels that round-off. Decoded images may leave [0, 1]: they are not clipped.
+    x: [1, 3, H, W] sRGB in [0, 1]; eps > 0 in latent units. Returns [N, 3, H, W] in x's dtype
+    (sRGB values per latent unit). The passes run in `precision` (on a copy of the flow when
+    its dtype differs; see DEFAULT_EPS). f^-1(z) is x up to round-off; subtracting it (rather
+    than x) cancels that round-off. Decoded images may leave [0, 1]: they are not clipped.
     """
     _check_one_image(flow, x)
     _check_units(flow, x, units)
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
+    out_dtype = x.dtype
+    if next(flow.parameters()).dtype != precision:
+        flow = copy.deepcopy(flow).to(precision)
+    x = x.to(precision)
     zs = flow(x)[0]
     x0 = flow.inverse(zs)
     out = []
@@ -284,7 +297,7 @@ def inverse_fields(flow: MultiScaleFlow, x: torch.Tensor, units, eps: float = DE
         for i, u in enumerate(chunk):
             zb[u.scale - 1][i, u.channel, u.row, u.col] += eps
         out.append((flow.inverse(zb) - x0) / eps)
-    return torch.cat(out)
+    return torch.cat(out).to(out_dtype)
 
 
 # ----------------------------------------------------------------------------- classification
@@ -443,7 +456,8 @@ def gratings(size: int, cycles, kind: str, amplitude: float = GRATING_AMPLITUDE,
     + phase)`` with ``u = x cos(theta) + y sin(theta)`` (pixel indices; orientation 0 varies
     along x: vertical bars), c cycles per image; the other two channels stay at the grey
     background's (so "red-green" and "blue-yellow" are isoluminant: Y is constant). Raises
-    if the grating leaves the sRGB gamut (see `max_grating_amplitude`).
+    if the grating leaves the sRGB gamut (see `max_grating_amplitude`); the final clamp to
+    [0, 1] only removes float round-off at the gamut boundary.
     """
     limit = max_grating_amplitude(kind, background)
     if not 0 <= amplitude <= limit:
@@ -502,9 +516,9 @@ def lowpass_tuning_index(responses: np.ndarray) -> np.ndarray:
 
 def window(field: torch.Tensor, unit: Unit, side: int | None = None) -> torch.Tensor:
     """Crop [C, H, W] to a side x side square centred on the unit's block (clamped to the image);
-    default side ``min(H, WINDOW_BLOCKS * 2^k)``."""
+    default side ``max(WINDOW_BLOCKS * 2^k, WINDOW_MIN_PX)``, at most the image."""
     h, w = field.shape[-2:]
-    side = min(side or WINDOW_BLOCKS * 2 ** unit.scale, h, w)
+    side = min(side or max(WINDOW_BLOCKS * 2 ** unit.scale, WINDOW_MIN_PX), h, w)
     cy, cx = unit.centre_px()
     top = int(min(max(round(cy - side / 2), 0), h - side))
     left = int(min(max(round(cx - side / 2), 0), w - side))
