@@ -27,7 +27,13 @@ def find_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
 
 
 def run_notebook(path: Path, build: Path, figures: Path, smoke: bool = False, extra: dict | None = None) -> Path:
+    import logging
+
     import papermill as pm
+
+    # papermill cannot type-infer parameters that are expressions (os.environ lookups) and says so
+    # for every notebook; the injected cell overrides them all the same
+    logging.getLogger("papermill").setLevel(logging.ERROR)
 
     params = {"INTERACTIVE": False, "FIG_ROOT": str(figures.resolve())}
     if smoke:
