@@ -290,6 +290,13 @@ def _curves(rows: Sequence[Mapping], kind: str, value: str) -> dict[str, tuple[l
     return {name: tuple(map(list, zip(*sorted(pts)))) for name, pts in out.items()}
 
 
+def _legend_below(fig, ax) -> None:
+    """One legend for the whole figure, in a row under the panels (it never covers a curve)."""
+    handles, names = ax.get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))   # 0.35 inch for the legend
+    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
+
+
 def plot_sensitivity(rows: Sequence[Mapping], log: bool = True):
     """Movement (JND units) against magnitude, one panel per kind, one line per measure -> Figure.
 
@@ -315,9 +322,8 @@ def plot_sensitivity(rows: Sequence[Mapping], log: bool = True):
         if log:
             ax.set_yscale("log")
     axes[0, 0].set_ylabel("movement d(x, warp x) / d(JND)")
-    axes[0, 0].legend(fontsize=8)
     fig.suptitle("How far each measure moves for a pure geometric change (mean over images; band up to the max)")
-    fig.tight_layout()
+    _legend_below(fig, axes[0, 0])
     return fig
 
 
@@ -342,9 +348,8 @@ def plot_robustness(rows: Sequence[Mapping]):
                 ax.set_ylabel(title)
             if row == 1:
                 ax.set_xlabel(_KIND_AXES[kind])
-    axes[0, 0].legend(fontsize=8)
     fig.suptitle("Accuracy when the test image is perturbed (labels of the aligned pairs)")
-    fig.tight_layout()
+    _legend_below(fig, axes[0, 0])
     return fig
 
 
