@@ -188,9 +188,9 @@ def prediction_scatter(predictions: Mapping, measures: Sequence[str], labels: Ma
         fit = logistic_fit(p, dv)
         grid = np.linspace(p.min(), p.max(), 200)
         ax.plot(grid, fit(grid), "k-", lw=1.4, label="logistic fit")
-        ax.set(xlabel=f"{labels.get(name, name) if labels else name} prediction", ylabel=target_label)
-        ax.set_title(f"{labels.get(name, name) if labels else name}: SRCC {stats.spearmanr(fit(p), dv)[0]:.3f}",
-                     fontsize=10)
+        label = labels.get(name, name) if labels else name
+        ax.set(xlabel=f"{label} prediction", ylabel=target_label)
+        ax.set_title(f"{label}: SRCC (all pairs) {stats.spearmanr(fit(p), dv)[0]:.3f}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
