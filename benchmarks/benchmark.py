@@ -131,7 +131,7 @@ def plan(devices, sizes, only) -> list[dict]:
                 cases.append(dict(kind="training", device="cpu", model="small", size=128, batch=8, anomaly=anomaly)
                              if not gpu else dict(kind="training", device=dev, model="small", size=256, batch=8, anomaly=anomaly))
         if "memory" in only:
-            model, size, batches = ("paper", 768, (1, 4, 16)) if gpu else ("small", 256, (1, 4, 16))
+            model, size, batches = ("paper", 768, (1, 4, 16)) if gpu else ("small", 128, (1, 4, 16))
             for mode in ("off", "checkpoint", "inverse", "inverse-step"):
                 for b in batches:
                     cases.append(dict(kind="training", device=dev, model=model, size=size, batch=b, memory_mode=mode,
