@@ -11,15 +11,6 @@ from skimage import data
 
 from cdflow_lib import baselines as bl
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add contention on a shared, loaded CPU
-    (measured 25x slower with 2 threads at load 10), so this module runs single-threaded."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 #: Measures that treat x as the reference (CIE94, CMC weight by the reference's chroma).
 ASYMMETRIC = {"cie94", "cmc"}

@@ -12,14 +12,6 @@ from vsl_ial.datasets.distance import load_combvd as vsl_load_combvd
 from cdflow_lib import baselines, evaluate, patches
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: single-threaded avoids intra-op thread contention on the shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def combvd():

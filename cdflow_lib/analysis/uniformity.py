@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from .. import colour
-from ..patches import (ADAPTATION_TRANSFORM, COMBVD_SUBSETS, FORMULAS, GAMUT_TOLERANCE, PatchPairs, load_combvd,
+from ..patches import (ADAPTATION_TRANSFORM, COMBVD_SUBSETS, GAMUT_TOLERANCE, PatchPairs, load_combvd,
                        render_srgb, rendered_differences, stress_by_subset, uniform_pair_images)
 
 # ----------------------------------------------------------------------------- constants
