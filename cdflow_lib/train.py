@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints
+from .evaluate import predict
 from .metric import DISTANCE_EPS, CDFlow
 
 #: bits-per-dim assumes 5-bit data (n_bins = 32), as in the authors' (and rosinality's) code.
@@ -200,25 +201,10 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     return [perm[s * per_step + rank * batch_size: s * per_step + (rank + 1) * batch_size] for s in range(n_steps)]
 
 
-@torch.no_grad()
-def predict(model: CDFlow, dataset, batch_size: int, device, progress: bool = False):
-    """CD predictions and labels over a dataset: (pred [N], dv [N], aligned [N] or None)."""
-    from tqdm.auto import tqdm
-
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
-    preds, dvs, aligned = [], [], []
-    for batch in tqdm(loader, desc="validate", leave=False, disable=not progress):
-        preds.append(model(batch["x"].to(device), batch["y"].to(device)).float().cpu())
-        dvs.append(batch["dv"])
-        if "aligned" in batch:
-            aligned.append(batch["aligned"])
-    return torch.cat(preds), torch.cat(dvs), (torch.cat(aligned) if aligned else None)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+def spearman(a, b) -> float:
     from scipy.stats import spearmanr
 
-    return float(spearmanr(a.numpy(), b.numpy())[0])
+    return float(spearmanr(np.asarray(a), np.asarray(b))[0])
 
 
 # --- the trainer --------------------------------------------------------------------------
@@ -326,7 +312,9 @@ class Trainer:
     def validate(self) -> dict:
         if self.val_set is None or len(self.val_set) == 0:
             return {}
-        pred, dv, aligned = predict(self.ema.model, self.val_set, self.cfg.batch_size, self.device)
+        res = predict({"cd": self.ema.model}, self.val_set, batch_size=self.cfg.batch_size, device=self.device,
+                      progress=False)
+        pred, dv, aligned = res["pred"]["cd"], res["dv"], res["aligned"]
         out = {"val_srcc": spearman(pred, dv)}
         if aligned is not None and 2 < aligned.sum() < len(aligned) - 2:
             out["val_srcc_aligned"] = spearman(pred[aligned], dv[aligned])
