@@ -117,7 +117,7 @@ class CDFlow(nn.Module):
             raise ValueError(f"scale must be in 1..{k_max} (1 = finest) or None, got {scale}")
         diffs = [(a - b) if scale in (None, k + 1) else torch.zeros_like(a) for k, (a, b) in enumerate(zip(zx, zy))]
         out = None
-        for block, d in zip(reversed(self.glow.blocks), reversed(diffs)):
+        for d in reversed(diffs):
             out = unsqueeze(d if out is None else torch.cat([out, d], 1))
         return out.pow(2).mean(1).sqrt()
 

@@ -46,13 +46,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..colour import linear_to_srgb, srgb_to_linear
+from ..colour import SRGB_TO_XYZ, linear_to_srgb, srgb_to_linear
 
 FAMILIES = ("camera", "edit", "filter", "profile")
 
-#: Rec. 709 / sRGB weights: luminance of linear values (camera saturation), luma of encoded
-#: values (edits and looks).
-LUMA_WEIGHTS = (0.2126, 0.7152, 0.0722)
+#: Rec. 709 / sRGB weights (the Y row of colour.SRGB_TO_XYZ): luminance of linear values
+#: (camera saturation), luma of encoded values (edits and looks).
+LUMA_WEIGHTS = SRGB_TO_XYZ[1]
 
 #: camera, at strength 1: log white-balance gain std (red and blue), colour-matrix
 #: off-diagonal std, and (low, high) magnitudes of the exposure (stops), the saturation
