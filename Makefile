@@ -30,7 +30,7 @@ figures: $(STAMP)
 
 # two pytest workers on two cores: one thread each (oversubscribed BLAS threads run ~20x slower)
 test: $(STAMP)
-	CDFLOW_SMOKE=1 CDFLOW_INTERACTIVE=0 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	CDFLOW_SMOKE=1 CDFLOW_SOLUTIONS=1 CDFLOW_INTERACTIVE=0 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) benchmarks/benchmark.py --out build/benchmark.json

@@ -2,4 +2,4 @@
 
 Modules: layers (invertible blocks), flow (multi-scale flow), metric (CDFlow), checkpoints.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

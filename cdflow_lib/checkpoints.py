@@ -14,11 +14,14 @@ from pathlib import Path
 import torch
 
 from .metric import CDFlow
+from .paths import PACKAGE_PRETRAINED, data_root
 
 FORMAT = "cdflow_lib"
 FORMAT_VERSION = 1
-#: Folder of the shipped pretrained models (data/pretrained in the repository).
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
+#: The default model: shipped inside the package (cdflow_lib/pretrained, with its model card).
+DEFAULT_MODEL = "cdflow-small-photos"
+#: Folder of the models installed with the package.
+PRETRAINED_DIR = PACKAGE_PRETRAINED
 
 
 def atomic_save(obj, path) -> Path:
@@ -119,13 +122,26 @@ def load(path) -> CDFlow:
     return _build(ckpt["state_dict"], ckpt["config"], path)
 
 
+def pretrained_dirs() -> list[Path]:
+    """Where shipped models are looked for, in order: the package's own folder, then the
+    repository's data/pretrained (or $CDFLOW_DATA/pretrained): older models kept for notebooks."""
+    return [PRETRAINED_DIR, data_root() / "pretrained"]
+
+
+def pretrained_path(name: str = DEFAULT_MODEL) -> Path:
+    """The checkpoint file of shipped model `name` (its model card is the .md beside it)."""
+    for folder in pretrained_dirs():
+        if (folder / f"{name}.pt").is_file():
+            return folder / f"{name}.pt"
+    raise ValueError(f"no shipped model {name!r}; available: {pretrained_names() or 'none'} "
+                     f"(looked in {', '.join(str(d) for d in pretrained_dirs())})")
+
+
 def pretrained_names() -> list[str]:
-    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+    """Names of the shipped models found in `pretrained_dirs()`."""
+    return sorted({p.stem for d in pretrained_dirs() if d.is_dir() for p in d.glob("*.pt")})
 
 
-def load_pretrained(name: str = "cdflow-small-synthetic") -> CDFlow:
-    """One of the models shipped in data/pretrained (see its model card beside it)."""
-    path = PRETRAINED_DIR / f"{name}.pt"
-    if not path.is_file():
-        raise ValueError(f"no shipped model {name!r}; available: {pretrained_names() or 'none'} (in {PRETRAINED_DIR})")
-    return load(path)
+def load_pretrained(name: str = DEFAULT_MODEL) -> CDFlow:
+    """One of the shipped models (default: the package's own; see the model card beside it). Eval mode."""
+    return load(pretrained_path(name))

@@ -15,7 +15,15 @@ Conventions of the CD literature (DESIGN.md section 7):
 """
 from __future__ import annotations
 
+import argparse
+import csv
+import inspect
+import io
+import json
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -311,31 +319,172 @@ def format_table(rows: list[dict], columns: Iterable[str] | None = None, digits:
     return markdown_table(columns, [[cell(r.get(c, "")) for c in columns] for r in rows])
 
 
-def main(argv=None) -> int:
-    """Command line: score a CD-Flow checkpoint and baselines on the synthetic (or SPCD) test split.
+def load_model(spec: str, official: bool = False):
+    """A CDFlow (eval mode) from `spec`: a checkpoint file or a shipped model name.
 
-        python -m cdflow_lib.evaluate --model cdflow-small-synthetic --baselines ciede2000 scielab --size 128
+    A file is read in our format (checkpoints.load: ``checkpoints.save`` or a training
+    checkpoint) when it says so, otherwise in the authors' released format
+    (checkpoints.load_official), whatever its name (.pt, .pth); official=True always reads the
+    authors' format. Returns (model, how it was read: "cdflow_lib", "official" or "shipped").
+    FileNotFoundError / ValueError with the reason when it cannot be read.
     """
-    import argparse
+    from . import checkpoints
 
+    path = Path(spec).expanduser()
+    if official:
+        return checkpoints.load_official(path), "official"
+    if path.is_file():
+        ckpt = checkpoints.safe_load(path)
+        if isinstance(ckpt, dict) and ckpt.get("format") == checkpoints.FORMAT:
+            return checkpoints.load(path), "cdflow_lib"
+        return checkpoints.load_official(path), "official"
+    if spec in checkpoints.pretrained_names():
+        return checkpoints.load_pretrained(spec), "shipped"
+    raise FileNotFoundError(f"{spec} is neither a checkpoint file nor a shipped model "
+                            f"(shipped: {', '.join(checkpoints.pretrained_names()) or 'none'})")
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `main`."""
     from . import baselines, checkpoints
-    from .data import pairs_from_env
+    from .data import ENV_LABELS, ENV_ROOT
+    from .data.corpus import CORPORA
+    from .data.synthetic import DEFAULT_PAIRS_PER_IMAGE
 
-    ap = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="cdflow-small-synthetic", help="a shipped model name or a checkpoint path")
-    ap.add_argument("--baselines", nargs="*", default=["ciede2000"], help=f"any of {sorted(baselines.MEASURES)}")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap = argparse.ArgumentParser(description=inspect.cleandoc(main.__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=checkpoints.DEFAULT_MODEL, metavar="NAME|PATH",
+                    help="a shipped model name, or a checkpoint file in our format or the authors' released one "
+                         f"(detected; .pt, .pth or any name) (default: {checkpoints.DEFAULT_MODEL})")
+    ap.add_argument("--official", action="store_true",
+                    help="read --model in the authors' released format without detecting it")
+    ap.add_argument("--baselines", nargs="*", default=["ciede2000"], choices=sorted(baselines.MEASURES),
+                    metavar="NAME", help=f"training-free measures scored beside CD-Flow, any of "
+                                         f"{', '.join(sorted(baselines.MEASURES))} (default: ciede2000)")
+    ap.add_argument("--split", default="test", choices=("train", "val", "test"),
+                    help="which split of the pairs (default: test)")
+    ap.add_argument("--size", type=_at_least(1), default=128,
+                    help="pixels the images are resized to; divisible by 2**n_scales of the model (default: 128)")
+    ap.add_argument("--spcd-root", default=os.environ.get(ENV_ROOT) or None, metavar="PATH",
+                    help=f"score SPCD's pairs: the folder of its images (default: ${ENV_ROOT}; unset: synthetic pairs)")
+    ap.add_argument("--spcd-labels", default=os.environ.get(ENV_LABELS) or None, metavar="PATH",
+                    help=f"SPCD's label folder or file (default: ${ENV_LABELS}, else --spcd-root)")
+    ap.add_argument("--corpus", default=None, choices=CORPORA,
+                    help="synthetic pairs only: photographs of the pairs (default: photos)")
+    ap.add_argument("--pairs-per-image", type=_at_least(1), default=None,
+                    help=f"synthetic pairs only: pairs per photograph (default: {DEFAULT_PAIRS_PER_IMAGE})")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the synthetic pairs (or SPCD's scene split) and of the bootstrap (default: 0)")
+    ap.add_argument("--bootstrap", type=_at_least(0), default=1000,
+                    help="bootstrap resamples for the 95%% interval of the SRCC; 0: none (default: 1000)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    ap.add_argument("--batch-size", type=_at_least(1), default=8, help="pairs per forward pass (default: 8)")
+    ap.add_argument("--json", metavar="PATH", help="also write the scores as JSON to PATH ('-': standard output)")
+    ap.add_argument("--csv", metavar="PATH", help="also write the scores as CSV to PATH ('-': standard output)")
+    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                    help="show a progress bar (default: on)")
+    return ap
+
+
+#: Columns of the printed table.
+TABLE_COLUMNS = ("measure", "subset", "n", "stress", "plcc", "srcc", "krcc", "srcc_plain", "srcc_low", "srcc_high")
+
+
+def _first_sentence(exc: Exception, limit: int = 300) -> str:
+    """An error's message on one line: torch's reasons for an unreadable file run to paragraphs."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if len(text) > limit:
+        end = text.find(". ")
+        text = text[:end + 1] if 0 < end else text[:limit] + "..."
+    return text
+
+
+def _plain(value):
+    """A JSON-safe value: NaN and infinities become None, numpy scalars Python numbers."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _write(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+    else:
+        Path(path).write_text(text)
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _plain(v) for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def main(argv=None) -> int:
+    """Score CD-Flow and training-free baselines on image pairs with visual-difference labels:
+    the synthetic test split (synthetic labels), or SPCD's (human labels). Prints a table;
+    --json / --csv also write the scores. Exit status 0, or 2 for bad options or inputs.
+
+        python -m cdflow_lib.evaluate                                     # the shipped model, synthetic pairs
+        python -m cdflow_lib.evaluate --model runs/photos/best.pt --baselines ciede2000 scielab
+        python -m cdflow_lib.evaluate --model CD-Flow.pth --spcd-root path/to/SPCD --size 1024 --device cuda
+        python -m cdflow_lib.evaluate --json - --bootstrap 0               # scores as JSON on standard output
+    """
+    from . import baselines
+    from .data import ENV_LABELS, ENV_ROOT, pairs_from_env
+    from .train import resolve_device
+
+    ap = build_parser()
     args = ap.parse_args(argv)
-    model = (checkpoints.load(args.model) if args.model.endswith(".pt") else checkpoints.load_pretrained(args.model))
-    measures = {"CD-Flow": model, **{name: baselines.get_measure(name) for name in args.baselines}}
-    pairs = pairs_from_env(args.split, size=args.size, seed=args.seed)
-    rows = evaluate(measures, pairs, bootstrap=args.bootstrap, seed=args.seed)
-    print(f"{pairs!r}")
-    print(format_table(rows, ["measure", "subset", "n", "stress", "plcc", "srcc", "krcc", "srcc_plain", "srcc_low",
-                              "srcc_high"]))
+    if args.json == "-" and args.csv == "-":
+        ap.error("argument --csv: only one of --json and --csv can write to standard output")
+    for flag, path in (("--json", args.json), ("--csv", args.csv)):
+        if path not in (None, "-") and not Path(path).parent.is_dir():
+            ap.error(f"argument {flag}: folder {Path(path).parent} does not exist")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        ap.error(f"argument --device: {exc}")
+    try:
+        model, how = load_model(args.model, args.official)
+    except (OSError, ValueError) as exc:
+        ap.error(f"argument --model: {_first_sentence(exc)}")
+    multiple = 2 ** model.n_scales
+    if args.size % multiple:
+        ap.error(f"argument --size: {args.size} is not divisible by 2**{model.n_scales} = {multiple} (the model "
+                 f"has {model.n_scales} scales); try {max(multiple, args.size // multiple * multiple)}")
+    synthetic = {k: v for k, v in (("corpus", args.corpus), ("pairs_per_image", args.pairs_per_image)) if v is not None}
+    environ = {k: v for k, v in ((ENV_ROOT, args.spcd_root), (ENV_LABELS, args.spcd_labels)) if v}
+    try:
+        pairs = pairs_from_env(args.split, size=args.size, seed=args.seed, environ=environ, **synthetic)
+    except (OSError, ValueError) as exc:
+        ap.error(f"argument {'--spcd-root' if args.spcd_root else '--corpus'}: {exc}")
+    measures = {"CD-Flow": model.to(device), **{name: baselines.get_measure(name) for name in args.baselines}}
+    rows = evaluate(measures, pairs, batch_size=args.batch_size, device=device, progress=args.progress,
+                    bootstrap=args.bootstrap, seed=args.seed)
+    if args.json:
+        document = {"model": args.model, "model_format": how, "model_config": model.config, "pairs": repr(pairs),
+                    "split": args.split, "size": args.size, "seed": args.seed, "bootstrap": args.bootstrap,
+                    "rows": [{k: _plain(v) for k, v in row.items()} for row in rows]}
+        _write(args.json, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    if args.csv:
+        _write(args.csv, _csv_text(rows))
+    if "-" not in (args.json, args.csv):
+        print(f"{pairs!r}")
+        print(format_table(rows, [c for c in TABLE_COLUMNS if c in rows[0]]))
     return 0
 
 

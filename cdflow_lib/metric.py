@@ -3,10 +3,18 @@
 Both images go through one MultiScaleFlow. For k = 1 .. K the coarsest k latents are
 concatenated and ``dE_k = sqrt(||f(x) - f(y)||^2 / D_k + eps)`` (D_k: their dimension count,
 eps = 1e-8 as in the authors' code). The reported CD is the all-scales value dE_K.
+
+Calling the metric (``cd(x, y)``, ``distances``, ``cd_map``, ``latents``) builds no autograd
+graph unless gradients are wanted: in training mode, when an input requires grad, or when
+the caller passes ``grad=True``. Training goes through ``model.glow`` and
+`CDFlow.cumulative_distances` directly. Files and PIL images go through `compare` /
+`color_difference` (reading and size policies: `cdflow_lib.images`).
 """
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,7 +22,8 @@ from torch import nn
 
 from ._checks import check_image, check_pair
 from .flow import PAPER_N_SCALES, PAPER_N_STEPS, MultiScaleFlow
-from .layers import PAPER_HIDDEN, unsqueeze
+from .images import DEFAULT_SIZE_POLICY, ImageInfo, SizeFit, load_images, range_error, read_image
+from .layers import PAPER_HIDDEN, ActNorm, unsqueeze
 
 #: The floor inside the square root of the authors' distance.
 DISTANCE_EPS = 1e-8
@@ -65,19 +74,43 @@ class CDFlow(nn.Module):
         return self.glow.n_scales
 
     def check_images(self, x, y=None) -> None:
+        """Check x (and y): [B, 3, H, W] float sRGB in [0, 1], H and W divisible by 2^K, same shapes."""
         multiple = 2 ** self.n_scales
+        for t, name in ((x, "x"), (y, "y")):
+            _check_values(t, name)
         check_image(x, "x", multiple=multiple)
         if y is not None:
             check_pair(x, y)
             check_image(y, "y", multiple=multiple)
 
-    def latents(self, x: torch.Tensor):
+    def _inputs(self, *images):
+        """Checked images cast to the model's dtype (a float64 batch for a float32 model is fine)."""
+        self.check_images(*images)
+        p = next(self.parameters())
+        for t, name in zip(images, "xy"):
+            if t.device != p.device:
+                raise ValueError(f"{name} is on {t.device} but the model is on {p.device}: move one of them")
+        if not self.training and not all(m.is_initialized() for m in self.glow.modules() if isinstance(m, ActNorm)):
+            warnings.warn("this CDFlow is in eval mode but its ActNorm layers are not initialised: this call "
+                          "initialises them from its own images, so its CDs depend on what the model saw first. "
+                          "Initialise with model.flow.initialize(typical_images) or load a trained checkpoint "
+                          "(cdflow_lib.checkpoints).", UninitializedWarning, stacklevel=3)
+        return [t.to(p.dtype) for t in images]
+
+    def _autograd(self, grad: bool | None, *images):
+        """The context a call runs in: no autograd graph unless gradients are wanted (see the module doc)."""
+        if grad is None:
+            grad = self.training or any(t.requires_grad for t in images)
+        return contextlib.nullcontext() if grad else torch.no_grad()
+
+    def latents(self, x: torch.Tensor, grad: bool | None = None):
         """z1 .. zK (finest first) of a checked image batch x."""
-        self.check_images(x)
-        return self.glow(x)[0]
+        with self._autograd(grad, x):
+            (x,) = self._inputs(x)
+            return self.glow(x)[0]
 
     def _pair_latents(self, x, y):
-        self.check_images(x, y)
+        x, y = self._inputs(x, y)
         zs = self.glow(torch.cat([x, y], 0))[0]
         b = x.shape[0]
         return [z[:b] for z in zs], [z[b:] for z in zs]
@@ -90,16 +123,25 @@ class CDFlow(nn.Module):
         sq, dims = sq.flip(0).cumsum(0), dims.flip(0).cumsum(0)  # coarse-to-fine
         return torch.sqrt(sq / dims[:, None] + eps)
 
-    def distances(self, x: torch.Tensor, y: torch.Tensor, eps: float = DISTANCE_EPS) -> torch.Tensor:
-        """The K cumulative coarse-to-fine distances [K, B] (coarsest-only first, all scales last)."""
-        zx, zy = self._pair_latents(x, y)
-        return self.cumulative_distances(zx, zy, eps)
+    def distances(self, x: torch.Tensor, y: torch.Tensor, eps: float = DISTANCE_EPS,
+                  grad: bool | None = None) -> torch.Tensor:
+        """The K cumulative coarse-to-fine distances [K, B] (coarsest-only first, all scales last).
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, eps: float = DISTANCE_EPS) -> torch.Tensor:
-        """The reported CD [B] (all scales). With ``eps=0`` it is an exact metric."""
-        return self.distances(x, y, eps)[-1]
+        x, y: [B, 3, H, W] sRGB in [0, 1] (any float dtype: cast to the model's). ``grad``:
+        None builds an autograd graph only in training mode or when an input requires grad;
+        True / False force it on / off (True still respects an enclosing ``torch.no_grad()``).
+        """
+        with self._autograd(grad, x, y):
+            zx, zy = self._pair_latents(x, y)
+            return self.cumulative_distances(zx, zy, eps)
 
-    def cd_map(self, x: torch.Tensor, y: torch.Tensor, scale: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, eps: float = DISTANCE_EPS,
+                grad: bool | None = None) -> torch.Tensor:
+        """The reported CD [B] (all scales). With ``eps=0`` it is an exact metric. ``grad``: see `distances`."""
+        return self.distances(x, y, eps, grad)[-1]
+
+    def cd_map(self, x: torch.Tensor, y: torch.Tensor, scale: int | None = None,
+               grad: bool | None = None) -> torch.Tensor:
         """Local CD map [B, H, W].
 
         The per-scale latent differences are laid back out in image layout by the
@@ -107,9 +149,11 @@ class CDFlow(nn.Module):
         reduced over the 3 channels as an RMS. ``scale`` k (1 = finest .. K = coarsest) keeps
         only that scale's difference; None keeps all. Because the layout is a permutation,
         ``sqrt(mean(map**2) + 1e-8)`` over the image equals the reported CD (all scales).
+        ``grad``: see `distances`.
         """
-        zx, zy = self._pair_latents(x, y)
-        return self.map_from_latents(zx, zy, scale)
+        with self._autograd(grad, x, y):
+            zx, zy = self._pair_latents(x, y)
+            return self.map_from_latents(zx, zy, scale)
 
     def map_from_latents(self, zx, zy, scale: int | None = None) -> torch.Tensor:
         k_max = len(zx)
@@ -122,62 +166,81 @@ class CDFlow(nn.Module):
         return out.pow(2).mean(1).sqrt()
 
 
+class UninitializedWarning(UserWarning):
+    """A CDFlow in eval mode is about to initialise its ActNorm layers from the images it measures."""
+
+
+def _check_values(t, name: str) -> None:
+    """Before `check_image`: refuse an empty batch, and name values outside [0, 1] by their likely
+    cause (`images.range_error`: a rounding overshoot of 1e-6 is not 0-255 data)."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        return
+    if t.numel() == 0:
+        raise ValueError(f"{name}: empty tensor of shape {tuple(t.shape)}: no pixels to compare")
+    lo, hi = (float(v) for v in torch.aminmax(t.detach()))
+    if np.isfinite(lo) and np.isfinite(hi) and (message := range_error(name, lo, hi)):
+        raise ValueError(message)
+
+
 def _to_tensor(img) -> torch.Tensor:
-    """A path, PIL image or HxWx3 array -> [3, H, W] float sRGB in [0, 1], with explicit conversions."""
-    from PIL import Image
-
-    if isinstance(img, (str, Path)):
-        img = Image.open(img)
-    if isinstance(img, Image.Image):
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float64) / 65535.0
-            arr = np.repeat(arr[..., None], 3, -1)
-        else:
-            arr = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0  # greyscale, RGBA, palette -> RGB
-        return torch.from_numpy(arr).permute(2, 0, 1).float()
-    arr = np.asarray(img)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f"expected an H x W x 3 array, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        arr = arr / 255.0
-    elif arr.dtype == np.uint16:
-        arr = arr / 65535.0
-    return torch.from_numpy(np.asarray(arr, dtype=np.float32)).permute(2, 0, 1)
+    """A path, PIL image or H x W x 3 array -> [3, H, W] float32 sRGB in [0, 1] (see `images.read_image`)."""
+    return read_image(img)[0]
 
 
-def prepare_images(*images, multiple: int, policy: str = "crop") -> torch.Tensor:
-    """Load images (paths, PIL images or arrays) into one [N, 3, H, W] batch in [0, 1].
+def prepare_images(*images, multiple: int, policy: str = DEFAULT_SIZE_POLICY) -> torch.Tensor:
+    """Load images (paths, PIL images or arrays) of one size into a [N, 3, H, W] batch in [0, 1].
 
-    Greyscale, RGBA and palette images are converted to RGB (alpha dropped); 16-bit images
-    are scaled by 1/65535. All images must have the same size. Sizes not divisible by
-    `multiple` follow `policy`: ``"crop"`` centre-crops to the largest multiple, ``"pad"``
-    reflect-pads to the next multiple, ``"error"`` raises.
+    Reading (EXIF orientation, 16-bit and float files, ICC profiles, greyscale / alpha /
+    palettes) is `images.read_image`. Sizes not divisible by `multiple` follow `policy`:
+    ``"resize"`` (default) resamples to the nearest multiple, ``"pad"`` reflect-pads,
+    ``"crop"`` centre-crops, ``"error"`` raises; a policy that discards or invents more than
+    1% of the pixels warns (`images.ImageWarning`).
     """
-    ts = [_to_tensor(im) for im in images]
-    if len({t.shape for t in ts}) != 1:
-        raise ValueError(f"all images must have the same size, got {[tuple(t.shape[1:]) for t in ts]}")
-    x = torch.stack(ts)
-    h, w = x.shape[-2:]
-    if h % multiple == 0 and w % multiple == 0:
-        return x
-    if policy == "crop":
-        nh, nw = h // multiple * multiple, w // multiple * multiple
-        if nh == 0 or nw == 0:
-            raise ValueError(f"image of {h} x {w} is smaller than the required multiple {multiple}")
-        top, left = (h - nh) // 2, (w - nw) // 2
-        return x[..., top:top + nh, left:left + nw]
-    if policy == "pad":
-        ph, pw = -h % multiple, -w % multiple
-        return torch.nn.functional.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], mode="reflect")
-    if policy == "error":
-        raise ValueError(f"image size {h} x {w} is not divisible by {multiple}")
-    raise ValueError(f"unknown size policy {policy!r}; use 'crop', 'pad' or 'error'")
+    return load_images(*images, multiple=multiple, policy=policy)[0]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The result of `compare`: the CD, its K cumulative distances and what was done to the images."""
+
+    cd: float
+    distances: tuple[float, ...]  # K cumulative distances, coarsest scale only first, all scales (= cd) last
+    size: tuple[int, int]  # (H, W) the model saw
+    fit: SizeFit
+    reference: ImageInfo
+    test: ImageInfo
+    cd_map: np.ndarray | None = None  # [H, W] local CD map (all scales) when asked for
+
+    def as_dict(self) -> dict:
+        """Plain types only (no map): for JSON."""
+        return {"cd": self.cd, "distances": list(self.distances), "size": list(self.size),
+                "size_policy": self.fit.as_dict(), "reference": self.reference.as_dict(), "test": self.test.as_dict()}
 
 
 @torch.no_grad()
-def color_difference(model: CDFlow, reference, test, policy: str = "crop") -> float:
-    """CD between two image files / PIL images / arrays of the same size (see `prepare_images`)."""
-    batch = prepare_images(reference, test, multiple=2 ** model.n_scales, policy=policy)
+def compare(model: CDFlow, reference, test, policy: str = DEFAULT_SIZE_POLICY, with_map: bool = False) -> Comparison:
+    """CD between two image files / PIL images / arrays of one size, and what was done to read them.
+
+    Images are read with `images.read_image` and fitted to 2^K with `policy` (see
+    `prepare_images`); the model runs in its own device and dtype.
+    """
+    batch, (ref_info, test_info), fit = load_images(reference, test, multiple=2 ** model.n_scales, policy=policy)
     p = next(model.parameters())
     batch = batch.to(p.device, p.dtype)
-    return float(model(batch[:1], batch[1:]))
+    zx, zy = model._pair_latents(batch[:1], batch[1:])
+    d = model.cumulative_distances(zx, zy)[:, 0].tolist()
+    m = model.map_from_latents(zx, zy)[0].float().cpu().numpy() if with_map else None
+    return Comparison(d[-1], tuple(d), tuple(batch.shape[-2:]), fit, ref_info, test_info, m)
+
+
+def color_difference(model: CDFlow, reference, test, policy: str = DEFAULT_SIZE_POLICY) -> float:
+    """CD between two image files / PIL images / arrays of the same size (see `compare`)."""
+    return compare(model, reference, test, policy).cd
+
+
+if __name__ == "__main__":  # python -m cdflow_lib.metric REF TEST: the same as cdflow compare
+    import sys
+
+    from .cli import main
+
+    raise SystemExit(main(["compare", *sys.argv[1:]]))

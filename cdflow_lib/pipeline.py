@@ -2,8 +2,8 @@
 
     python -m cdflow_lib.pipeline [--only 02 07] [--smoke] [--figures DIR] [--build DIR] [--no-html]
 
-Each notebook runs with its default parameters plus ``INTERACTIVE=False`` and
-``FIG_ROOT=<figures>``; the executed copy goes to ``<build>/<name>.ipynb`` and an HTML
+Each notebook runs with its default parameters plus ``INTERACTIVE=False``,
+``SOLUTIONS=True`` (the exercises' solutions run) and ``FIG_ROOT=<figures>``; the executed copy goes to ``<build>/<name>.ipynb`` and an HTML
 rendering to ``<build>/html/<name>.html``. One line per notebook with its time. The
 notebooks pick the GPU themselves when one is present.
 """
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from .paths import MissingDataError, require_checkout
 
 
 def find_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
@@ -35,7 +35,8 @@ def run_notebook(path: Path, build: Path, figures: Path, smoke: bool = False, ex
     # for every notebook; the injected cell overrides them all the same
     logging.getLogger("papermill").setLevel(logging.ERROR)
 
-    params = {"INTERACTIVE": False, "FIG_ROOT": str(figures.resolve())}
+    # SOLUTIONS: the exercises' solutions run, which proves every exercise solvable
+    params = {"INTERACTIVE": False, "FIG_ROOT": str(figures.resolve()), "SOLUTIONS": True}
     if smoke:
         params["SMOKE"] = True
     params.update(extra or {})
@@ -58,13 +59,20 @@ def to_html(executed: Path, folder: Path) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--notebooks", type=Path, default=REPO / "notebooks")
-    ap.add_argument("--build", type=Path, default=REPO / "build")
-    ap.add_argument("--figures", type=Path, default=REPO / "figures")
+    ap.add_argument("--notebooks", type=Path, default=None, help="default: the checkout's notebooks/")
+    ap.add_argument("--build", type=Path, default=None, help="default: the checkout's build/")
+    ap.add_argument("--figures", type=Path, default=None, help="default: the checkout's figures/")
     ap.add_argument("--only", nargs="*", help="notebook numbers or stems to run (default: all)")
     ap.add_argument("--smoke", action="store_true", help="inject SMOKE=True (small sizes)")
     ap.add_argument("--no-html", action="store_true", help="skip the HTML rendering")
     args = ap.parse_args(argv)
+    try:
+        for name in ("notebooks", "build", "figures"):
+            if getattr(args, name) is None:
+                setattr(args, name, require_checkout(name, f"the figure pipeline's default --{name} folder"))
+    except MissingDataError as exc:
+        print(f"cdflow_lib.pipeline: {exc}", file=sys.stderr)
+        return 2
 
     books = find_notebooks(args.notebooks, args.only)
     args.build.mkdir(parents=True, exist_ok=True)

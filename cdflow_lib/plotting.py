@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-#: Where the committed reference figures live (figures/<notebook>/<name>.png).
-REPO_FIGURES = Path(__file__).resolve().parent.parent / "figures"
+from .paths import CHECKOUT, require_checkout
+
+#: Where the committed reference figures live in a checkout (figures/<notebook>/<name>.png).
+REPO_FIGURES = CHECKOUT / "figures"
 DPI = 110
 
 
@@ -21,11 +23,12 @@ def figure_dir(notebook: str, root: str | os.PathLike | None = None, smoke: bool
 
     `root` (a notebook parameter, or $CDFLOW_FIG_DIR) wins; otherwise smoke runs write to a
     temporary folder, so tests never overwrite the committed reference figures, and full
-    runs write to the repository's figures/.
+    runs write to the repository's figures/ (outside a checkout: pass `root`).
     """
     root = root or os.environ.get("CDFLOW_FIG_DIR")
     if not root:
-        root = Path(tempfile.gettempdir()) / "cdflow_smoke_figures" if smoke else REPO_FIGURES
+        root = (Path(tempfile.gettempdir()) / "cdflow_smoke_figures" if smoke
+                else require_checkout("figures", "writing reference figures (figure_dir without a root)"))
     out = Path(root) / notebook
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -83,8 +86,11 @@ def training_curves(rows: list[dict], title: str | None = None):
     axes[0].set(title="total loss", xlabel="epoch", yscale="log")
     for key, label in (("mse_all", "MSE all scales"), ("mse_partial", "sum of partial MSEs")):
         axes[1].plot(epochs, [r[key] for r in rows], "o-", label=label)
-    for key, label in (("bpd_x", "bits/dim x"), ("bpd_y", "bits/dim y")):
-        axes[1].plot(epochs, [r[key] for r in rows], "s--", label=label)
+    for key, label in (("bpd_x", "bits/dim x (training)"), ("bpd_y", "bits/dim y (training)"),
+                       ("val_bpd", "bits/dim, validation photos")):
+        vals = [r.get(key) for r in rows]
+        if any(v is not None for v in vals):
+            axes[1].plot(epochs, vals, "s--", label=label)
     axes[1].set(title="loss terms", xlabel="epoch", yscale="log")
     axes[1].legend(fontsize=8)
     for key, label in (("val_srcc", "all"), ("val_srcc_aligned", "aligned"), ("val_srcc_nonaligned", "non-aligned")):

@@ -5,9 +5,13 @@ image, x' = f^-1(z'). Two edits:
 
 - ``perturb_latent``: add ``amplitude * direction`` to scale k's latent. Useful directions come
   from ``latent_pca``: the principal components of scale k's latent **channel vectors** over a
-  corpus (every spatial position of every image is one sample of C_k numbers), scaled by
-  the corpus's standard deviation along them, so amplitude is in standard deviations. The
-  direction is added at every position of the latent (a spatially uniform edit at that scale).
+  corpus (every spatial position of every image is one sample of C_k numbers). The direction
+  is added at every position of the latent (a spatially uniform edit at that scale). Two
+  units for the amplitude: ``LatentPCA.direction(i)`` is scaled to the corpus's standard
+  deviation along component i (amplitude in standard deviations, σ);
+  ``LatentPCA.cd_direction(i, h, w)`` is scaled so that the edit changes the whole latent by
+  an RMS of exactly 1, i.e. an unclipped edit of amplitude a has CD(x, x') = |a| on every
+  scale (amplitude in CD units; the explorer's unit, ``AMPLITUDE_UNIT``).
 - ``swap_scale``: give x the latent of y at scale k (or at several scales).
 
 Decoded images can leave [0, 1]; they are clipped back (``clipped_fraction`` says how much
@@ -20,6 +24,7 @@ clipping, CD(x, x') would be exactly the RMS of the latent edit.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,9 +34,12 @@ import torch
 from ._checks import check_image
 from .metric import CDFlow
 
-#: Amplitudes (in corpus standard deviations) of the static grid and the widget's slider range.
-DEFAULT_AMPLITUDES = (-3.0, -1.5, 0.0, 1.5, 3.0)
+#: The unit of the explorer's amplitudes: "cd" (an unclipped edit of amplitude a has CD |a|) or "sigma".
+AMPLITUDE_UNIT = "cd"
+#: Amplitudes (CD units) of the static grid; the widget's slider range and its default edit.
+DEFAULT_AMPLITUDES = (-2.0, -1.0, 0.0, 1.0, 2.0)
 AMPLITUDE_RANGE = (-4.0, 4.0)
+DEFAULT_AMPLITUDE = 1.0
 #: Principal components offered per scale.
 DEFAULT_COMPONENTS = 4
 #: Minimum side, in pixels, of each image panel the widget shows (enlarged by an integer factor, nearest neighbour).
@@ -67,6 +75,21 @@ class LatentPCA:
         if not 0 <= i < len(self.std):
             raise ValueError(f"component index must be in 0..{len(self.std) - 1}, got {i}")
         return self.components[i] * self.std[i]
+
+    def cd_direction(self, i: int, height: int, width: int) -> torch.Tensor:
+        """Component i scaled so that adding it at every position of this scale's latent, for an
+        image of height x width pixels, changes the latent by an RMS of 1 (CD 1 before clipping): [C].
+
+        With n = h * w positions on this scale's grid and D = 3 * height * width numbers in all,
+        the RMS of the edit is |v| * sqrt(n / D), so v = unit component * sqrt(D / n).
+        """
+        if not 0 <= i < len(self.std):
+            raise ValueError(f"component index must be in 0..{len(self.std) - 1}, got {i}")
+        factor = 2 ** self.scale
+        n = (height // factor) * (width // factor)
+        if n < 1 or height % factor or width % factor:
+            raise ValueError(f"scale {self.scale} needs sides divisible by {factor}, got {height} x {width}")
+        return self.components[i] * math.sqrt(3 * height * width / n)
 
 
 @torch.no_grad()
@@ -126,6 +149,17 @@ def swap_scale(cd: CDFlow, x: torch.Tensor, y: torch.Tensor, scale: int | Sequen
 
 
 @torch.no_grad()
+def default_edit(cd: CDFlow, x: torch.Tensor, pca: LatentPCA) -> tuple[torch.Tensor, float]:
+    """The explorer's default edit of x [1, 3, H, W]: DEFAULT_AMPLITUDE (AMPLITUDE_UNIT) along PC 1 of
+    `pca`'s scale (the coarsest, in the explorer). Returns (decoded image clipped to [0, 1], share
+    of its values that the clipping cut)."""
+    zs = list(cd.latents(x))
+    d = unit_direction(pca, 0, x).to(zs[pca.scale - 1])
+    zs[pca.scale - 1] = zs[pca.scale - 1] + DEFAULT_AMPLITUDE * d.view(1, -1, 1, 1)
+    return _decode(cd, zs), clipped_fraction(cd, zs)
+
+
+@torch.no_grad()
 def clipped_fraction(cd: CDFlow, zs) -> float:
     """Share of the values of f^-1(zs) outside [0, 1] (what the clipping of decoded images cuts)."""
     out = cd.flow.inverse(zs)
@@ -166,10 +200,23 @@ def edit_attribution(x: torch.Tensor, y: torch.Tensor, edited: torch.Tensor) -> 
 
 # ----------------------------------------------------------------------------- static figures
 
+def unit_direction(pca: LatentPCA, i: int, x: torch.Tensor, unit: str = AMPLITUDE_UNIT) -> torch.Tensor:
+    """Component i of `pca` in the amplitude unit `unit` ("cd" or "sigma") for images shaped like x."""
+    if unit == "cd":
+        return pca.cd_direction(i, x.shape[-2], x.shape[-1])
+    if unit == "sigma":
+        return pca.direction(i)
+    raise ValueError(f"unit must be 'cd' or 'sigma', got {unit!r}")
+
+
+def unit_symbol(unit: str = AMPLITUDE_UNIT) -> str:
+    return {"cd": " CD", "sigma": "σ"}[unit]
+
+
 @torch.no_grad()
 def pc_grid(cd: CDFlow, x: torch.Tensor, pcas: Sequence[LatentPCA], amplitudes=DEFAULT_AMPLITUDES,
-            component: int = 0):
-    """Decoded images and their CD to x for one component per scale over `amplitudes`.
+            component: int = 0, unit: str = AMPLITUDE_UNIT):
+    """Decoded images and their CD to x for one component per scale over `amplitudes` (in `unit`).
 
     x: [1, 3, H, W]; pcas: one LatentPCA per scale to show. Returns (images [S, A, 3, H, W],
     cds [S, A] numpy) with S = len(pcas), A = len(amplitudes).
@@ -179,14 +226,15 @@ def pc_grid(cd: CDFlow, x: torch.Tensor, pcas: Sequence[LatentPCA], amplitudes=D
         raise ValueError(f"x: expected one image [1, 3, H, W], got batch size {x.shape[0]}")
     images, cds = [], []
     for pca in pcas:
-        row = torch.cat([perturb_latent(cd, x, pca.scale, pca.direction(component), a) for a in amplitudes])
+        d = unit_direction(pca, component, x, unit)
+        row = torch.cat([perturb_latent(cd, x, pca.scale, d, a) for a in amplitudes])
         images.append(row)
         cds.append(cd(x.expand_as(row), row).cpu().numpy())
     return torch.stack(images), np.stack(cds)
 
 
 def pc_grid_figure(images: torch.Tensor, cds: np.ndarray, scales: Sequence[int], amplitudes=DEFAULT_AMPLITUDES,
-                   component: int = 0, size: float = 1.8, suptitle: str | None = None):
+                   component: int = 0, size: float = 1.8, suptitle: str | None = None, unit: str = AMPLITUDE_UNIT):
     """A grid of decoded images (rows: scales, columns: amplitudes) titled with their CD to the original.
 
     images: [S, A, 3, H, W] and cds: [S, A] from `pc_grid`; scales: the S scale numbers.
@@ -203,7 +251,7 @@ def pc_grid_figure(images: torch.Tensor, cds: np.ndarray, scales: Sequence[int],
             ax.imshow(to_numpy_image(images[i, j]))
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{amplitudes[j]:+.1f}σ  CD {cds[i, j]:.3f}", fontsize=8)
+            ax.set_title(f"{amplitudes[j]:+.1f}{unit_symbol(unit)}: CD {cds[i, j]:.3f}", fontsize=8)
         axes[i, 0].set_ylabel(f"scale {scales[i]}, PC {component + 1}", fontsize=8)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
@@ -272,6 +320,8 @@ def latent_explorer(cd: CDFlow, images: torch.Tensor, names: Sequence[str] | Non
                     n_components: int = DEFAULT_COMPONENTS):
     """An ipywidgets explorer: pick an image and a scale, then perturb that scale's latent
     along a principal component (`latent_pca` over `images`) or swap it with a second image.
+    The amplitude slider is in AMPLITUDE_UNIT (CD units: an unclipped edit of amplitude a has CD |a|);
+    the default edit is DEFAULT_AMPLITUDE along PC 1 of the coarsest scale (`default_edit`).
 
     images: [N, 3, H, W] sRGB in [0, 1] (the corpus, also the PCA's samples); names: N labels.
     Shows the original, the decoded edit and |difference| x 4, and the CD between original and
@@ -291,8 +341,8 @@ def latent_explorer(cd: CDFlow, images: torch.Tensor, names: Sequence[str] | Non
     scale = w.IntSlider(value=cd.n_scales, min=1, max=cd.n_scales, description="scale", continuous_update=False)
     mode = w.ToggleButtons(options=["perturb", "swap"], value="perturb", description="edit")
     component = w.Dropdown(options=[(f"PC {i + 1}", i) for i in range(n_components)], value=0, description="direction")
-    amplitude = w.FloatSlider(value=1.5, min=AMPLITUDE_RANGE[0], max=AMPLITUDE_RANGE[1], step=0.25,
-                              description="amplitude σ", continuous_update=False)
+    amplitude = w.FloatSlider(value=DEFAULT_AMPLITUDE, min=AMPLITUDE_RANGE[0], max=AMPLITUDE_RANGE[1], step=0.25,
+                              description=f"amplitude ({AMPLITUDE_UNIT})", continuous_update=False)
     picture = w.Image(format="png")
     report = w.HTML()
     pcas: dict[int, LatentPCA] = {}
@@ -306,7 +356,7 @@ def latent_explorer(cd: CDFlow, images: torch.Tensor, names: Sequence[str] | Non
                 pcas[k] = latent_pca(cd, images, k, min(n_components, c))
             pca = pcas[k]
             i = min(component.value, len(pca.std) - 1)
-            edited = perturb_latent(cd, x, k, pca.direction(i), amplitude.value)
+            edited = perturb_latent(cd, x, k, unit_direction(pca, i, x), amplitude.value)
             extra = f"PC {i + 1} of scale {k} explains {100 * float(pca.explained[i]):.1f}% of its variance"
         else:
             y = images[partner.value:partner.value + 1]

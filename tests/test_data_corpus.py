@@ -175,3 +175,91 @@ def test_transforms_reject_bad_input():
         misalign(torch.zeros(3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="scale"):
         misalign(torch.rand(3, 8, 8), scale=0)
+
+
+# --- the Debian photo corpus (data/photos/) -------------------------------------------------
+
+def _manifest():
+    return corpus.photo_manifest()
+
+
+def test_every_manifest_row_has_a_licence_an_author_and_its_file():
+    from tools.build_photo_corpus import LICENCE_URLS, MANIFEST_FIELDS
+
+    rows = _manifest()
+    assert len(rows) >= 150
+    folder = corpus.photos_dir()
+    assert {p.name for p in folder.glob("*.jpg")} == {r["file"] for r in rows}, "photos without a manifest row"
+    for r in rows:
+        assert tuple(r) == MANIFEST_FIELDS
+        assert r["author"].strip() and r["package"] and r["version"], r["file"]
+        assert r["licence_url"] in LICENCE_URLS.values(), f"{r['file']}: licence URL {r['licence_url']!r}"
+        assert (folder / r["file"]).is_file()
+
+
+def test_photos_are_512_on_the_short_side_full_chroma_jpegs_under_30_mb():
+    from PIL import Image, JpegImagePlugin
+
+    folder = corpus.photos_dir()
+    total = 0
+    for r in _manifest():
+        path = folder / r["file"]
+        total += path.stat().st_size
+        with Image.open(path) as img:
+            assert img.format == "JPEG" and img.mode == "RGB", r["file"]
+            assert min(img.size) == 512 and max(img.size) <= 768, f"{r['file']}: {img.size}"
+            assert JpegImagePlugin.get_sampling(img) == 0, f"{r['file']} uses chroma subsampling"
+            # libjpeg's standard luma table scaled for quality q >= 95 (factor <= 0.1): DC 16 -> 2, largest 121 -> 12
+            quant = img.quantization[0]
+            assert quant[0] <= 2 and max(quant) <= 12, f"{r['file']}: luma quantisation {max(quant)}: quality < 95"
+    assert total < 30 * 2**20, f"photos take {total / 2**20:.1f} MiB"
+
+
+def test_debian_photos_load_offline_as_colour_photographs():
+    names = corpus.debian_photo_names()
+    for name in names[::15]:
+        photo = corpus.load_photo(name)
+        assert photo.dtype == np.uint8 and photo.shape[2] == 3 and min(photo.shape[:2]) == 512
+        assert np.abs(photo - photo.mean(axis=2, keepdims=True)).mean() > 3.0, f"{name} looks greyscale"
+    assert set(corpus.corpus_names("photos")) == EXPECTED_PHOTOS | set(names)
+
+
+def test_missing_photo_corpus_names_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.setenv(corpus.ENV_DATA, str(tmp_path))
+    with pytest.raises(corpus.MissingDataError, match=str(tmp_path / "photos").replace("\\", "\\\\") + ".*CDFLOW_DATA"):
+        corpus.photos_dir()
+
+
+def test_rcc_reader_round_trips_a_bundle(tmp_path):
+    """The .rcc reader on a bundle written by hand in Qt's layout (version 2: 22-byte nodes)."""
+    import struct
+    import zlib
+
+    from tools.qrc import read_rcc
+
+    files = {"a.txt": (b"hello", 0), "b.bin": (b"x" * 100, 1)}
+
+    def name_entry(n):
+        return struct.pack(">HI", len(n), 0) + n.encode("utf-16-be")
+    names = b"".join(name_entry(n) for n in ["d"] + list(files))
+    name_off = [0]
+    for n in ["d"] + list(files):
+        name_off.append(name_off[-1] + len(name_entry(n)))
+    blobs, data_off = b"", []
+    for payload, flag in files.values():
+        stored = struct.pack(">I", len(payload)) + zlib.compress(payload) if flag else payload
+        data_off.append(len(blobs))
+        blobs += struct.pack(">I", len(stored)) + stored
+    tree = struct.pack(">IHII", 0, 2, 1, 1) + bytes(8)                       # root: 1 child at 1
+    tree += struct.pack(">IHII", name_off[0], 2, 2, 2) + bytes(8)            # d/: 2 children at 2
+    for i, (_, flag) in enumerate(files.values()):
+        tree += struct.pack(">IHHHI", name_off[i + 1], flag, 0, 0, data_off[i]) + bytes(8)
+    header_len = 20
+    tree_at, data_at = header_len, header_len + len(tree)
+    names_at = data_at + len(blobs)
+    buf = b"qres" + struct.pack(">IIII", 2, tree_at, data_at, names_at) + tree + blobs + names
+    (tmp_path / "t.rcc").write_bytes(buf)
+    assert read_rcc(tmp_path / "t.rcc") == {"d/a.txt": b"hello", "d/b.bin": b"x" * 100}
+    (tmp_path / "bad.rcc").write_bytes(b"nope" + bytes(16))
+    with pytest.raises(ValueError, match="not a Qt resource bundle"):
+        read_rcc(tmp_path / "bad.rcc")

@@ -172,7 +172,7 @@ def test_pairs_from_env_switches_to_spcd(spcd_root, plain_csv, kaggle_csv):
     assert all(scene_split(r.scene) == "test" for r in one_file.rows)
     with pytest.raises(FileNotFoundError, match="has no val.csv"):
         pairs_from_env("val", environ={"SPCD_ROOT": str(spcd_root)})
-    synthetic = pairs_from_env("val", size=16, environ={}, pairs_per_image=1, crops_per_image=1)
+    synthetic = pairs_from_env("val", size=16, environ={}, pairs_per_image=1, crops_per_image=1, corpus="package")
     assert isinstance(synthetic, SyntheticPairs) and len(synthetic) == 1
 
 

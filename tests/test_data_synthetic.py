@@ -28,7 +28,7 @@ def photos() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def default_test_set() -> SyntheticPairs:
-    return SyntheticPairs("test")
+    return SyntheticPairs("test", pairs_per_image=12)   # the photo corpus: 26 test photographs, 312 pairs
 
 
 # ----------------------------------------------------------------------------- distortions
@@ -143,7 +143,7 @@ def test_fit_observer_mapping_recovers_known_parameters():
 # ----------------------------------------------------------------------------- SyntheticPairs
 
 def tiny(split="val", **kw) -> SyntheticPairs:
-    return SyntheticPairs(split, **{"size": 32, "pairs_per_image": 4, "crops_per_image": 2, **kw})
+    return SyntheticPairs(split, **{"size": 32, "pairs_per_image": 4, "crops_per_image": 2, "corpus": "package", **kw})
 
 
 def digest(ds: SyntheticPairs) -> str:
@@ -181,17 +181,38 @@ def test_item_has_the_documented_fields():
     assert STRENGTH_RANGE[0] <= item["strength"] <= STRENGTH_RANGE[1]
 
 
-def test_splits_are_disjoint_by_source_photograph():
+def test_package_splits_are_disjoint_by_source_photograph():
     for seed in range(10):
-        splits = split_sources(seed)
+        splits = split_sources(seed, "package")
         sets = [set(v) for v in splits.values()]
         assert sum(map(len, sets)) == len(corpus_names()) and set.union(*sets) == set(corpus_names())
         assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (8, 1, 2)
+
+
+def test_photo_splits_are_disjoint_stratified_and_keep_the_package_photos_in_test():
+    from collections import Counter
+
+    from cdflow_lib.data.corpus import photo_group
+
+    everything = set(corpus_names("photos"))
+    for seed in range(4):
+        splits = split_sources(seed, "photos")
+        sets = {k: set(v) for k, v in splits.items()}
+        assert sum(map(len, sets.values())) == len(everything) and set.union(*sets.values()) == everything
+        assert set(corpus_names("package")) <= sets["test"]
+        assert len(sets["val"]) == 20 and len(sets["test"]) == 11 + 15
+        groups = Counter(photo_group(n) for n in everything)
+        for group, n in groups.items():
+            if group == "package" or n < 10:
+                continue
+            share = sum(photo_group(m) == group for m in sets["train"]) / n
+            assert 0.6 <= share <= 0.9, f"seed {seed}: {group} has {share:.0%} of its photos in train"
+    assert split_sources(0) == split_sources(0) and split_sources(0) != split_sources(1)
     sources = {}
     for split in ("train", "val", "test"):
         ds = tiny(split, pairs_per_image=1)
         sources[split] = {ds[i]["source"] for i in range(len(ds))}
-        assert sources[split] == set(split_sources(0)[split])
+        assert sources[split] == set(split_sources(0, "package")[split])
     assert not (sources["train"] & sources["val"]) and not (sources["train"] & sources["test"])
     assert not (sources["val"] & sources["test"])
 

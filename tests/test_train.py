@@ -79,9 +79,9 @@ def test_non_finite_loss_stops_with_diagnosis_and_keeps_last_checkpoint(tmp_path
     real = train.cdflow_loss
     calls = {"n": 0}
 
-    def sometimes_nan(model, x, y, dv):
+    def sometimes_nan(model, x, y, dv, likelihood_weight=1.0):
         calls["n"] += 1
-        loss, terms = real(model, x, y, dv)
+        loss, terms = real(model, x, y, dv, likelihood_weight)
         if calls["n"] == 3:
             terms["bpd_y"] = terms["bpd_y"] * float("nan")
             loss = loss + terms["bpd_y"]
@@ -133,11 +133,11 @@ def test_unknown_recipe_and_bad_resume_file_are_named(tmp_path):
         trainer.resume()
 
 
-def test_command_line_overrides_the_recipe():
+def test_command_line_overrides_the_recipe(tmp_path):
     cfg, resume = train.parse_args(["--recipe", "paper", "--batch-size", "2", "--no-augment", "--tf32",
-                                    "--max-steps", "7", "--resume"])
+                                    "--max-steps", "7", "--out", str(tmp_path), "--device", "cpu"])
     assert (cfg.model, cfg.batch_size, cfg.augment, cfg.tf32, cfg.max_steps, cfg.lr, resume) == \
-        ("paper", 2, False, True, 7, 1e-5, True)
+        ("paper", 2, False, True, 7, 1e-5, False)
 
 
 # --- memory-saving modes (issue 8) --------------------------------------------------------

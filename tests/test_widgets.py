@@ -128,3 +128,30 @@ def test_explorer_builds_without_a_display_and_updates_on_change(tiny, photos):
     assert float(re.search(r"CD\(original, edit\) = ([0-9.]+)", report.value).group(1)) <= 1e-4  # the CD's 1e-8 floor
     _find(box, w.ToggleButtons).value = "swap"
     assert "CD(edit, coffee)" in report.value
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_cd_unit_edit_of_amplitude_a_has_cd_a_before_clipping(tiny, photos, scale):
+    """The explorer's unit: the latent change of a CD-unit edit has RMS |a| on every scale, so the
+    unclipped decoded image is at CD |a| (checked through the exact inverse, no clipping)."""
+    x = torch.full((1, 3, SIZE, SIZE), 0.5) + 0.02 * torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    pca = widgets.latent_pca(tiny, photos, scale=scale, k=1)
+    a = 0.05
+    with torch.no_grad():
+        zs = list(tiny.latents(x))
+        zs[scale - 1] = zs[scale - 1] + a * pca.cd_direction(0, SIZE, SIZE).view(1, -1, 1, 1)
+        decoded = tiny.flow.inverse(zs)
+        cd = float(tiny(x, decoded, eps=0.0))
+    assert cd == pytest.approx(a, rel=1e-3)
+    with pytest.raises(ValueError, match="divisible"):
+        pca.cd_direction(0, SIZE + 1, SIZE)
+
+
+def test_default_edit_reports_its_clipping(tiny, photos):
+    pca = widgets.latent_pca(tiny, photos, scale=tiny.n_scales, k=1)
+    edited, clipped = widgets.default_edit(tiny, photos[:1], pca)
+    assert edited.shape == photos[:1].shape and 0.0 <= float(edited.min()) and float(edited.max()) <= 1.0
+    zs = list(tiny.latents(photos[:1]))
+    zs[-1] = zs[-1] + widgets.DEFAULT_AMPLITUDE * pca.cd_direction(0, SIZE, SIZE).view(1, -1, 1, 1)
+    raw = tiny.flow.inverse(zs)
+    assert clipped == pytest.approx(float(((raw < 0) | (raw > 1)).float().mean()))

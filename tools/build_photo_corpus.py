@@ -154,7 +154,8 @@ def dep5_lookup(paragraphs: list[dict], relpath: str) -> tuple[str, str]:
             found = p
     if found is None:
         raise CorpusBuildError(f"no copyright paragraph covers {relpath}")
-    holders = "; ".join(line.strip() for line in found.get("copyright", "").splitlines() if line.strip())
+    # strip stray accents left at line ends in some copyright files (mate-backgrounds has "...free.fr>´")
+    holders = "; ".join(line.strip().rstrip("´`") for line in found.get("copyright", "").splitlines() if line.strip())
     return holders, found["license"].splitlines()[0].strip()
 
 

@@ -1,6 +1,6 @@
 """Data: the embedded photo corpus, synthetic pairs with a simulated observer, and SPCD.
 
-Modules: `corpus` (photographs shipped in our dependencies), `distortions` (SPCD-like
+Modules: `corpus` (the photo corpus: photographs shipped in our dependencies and the Debian photos of data/photos), `distortions` (SPCD-like
 colour distortion families), `transforms` (misalignment, the authors' augmentation),
 `observer` (the simulated observer: synthetic labels), `synthetic` (`SyntheticPairs`),
 `spcd` (the SPCD reader). `pairs_from_env` picks SPCD when $SPCD_ROOT is set and the

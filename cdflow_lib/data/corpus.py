@@ -1,8 +1,18 @@
-"""The embedded photo corpus: every colour photograph shipped inside our dependencies.
+"""The photo corpus: the colour photographs shipped inside our dependencies, and about 160 more.
 
-Nothing is downloaded: scikit-image, scikit-learn and matplotlib install these files with
-the package (licences and attributions in data/README.md). Each photograph is cropped to
-a square and resized with PIL's antialiased Lanczos filter, deterministically.
+Two sets, nothing downloaded:
+
+- the **package photos** (corpus ``"package"``): the 11 colour photographs that scikit-image,
+  scikit-learn and matplotlib install with themselves. The tour and the analyses use them.
+- the **Debian photos**: free photographs curated from Debian's archive by
+  ``tools/build_photo_corpus.py`` and committed under ``data/photos/`` (512 px on the short
+  side, JPEG 4:4:4) with ``manifest.csv`` (source package, author, licence). They live in
+  the repository, not in the installed package: outside a checkout, set ``CDFLOW_DATA`` to
+  a folder holding ``photos/``.
+
+Corpus ``"photos"`` is both together (the default for training data). Licences and
+attributions: data/README.md. Each photograph is cropped to a square and resized with
+PIL's antialiased Lanczos filter, deterministically.
 
 Crops: crop 0 is the largest centred square. With ``crops_per_image = n > 1`` crops 1 .. n-1
 are squares of side ``SUB_CROP_FRACTION`` x the short side, placed at fixed positions
@@ -12,11 +22,15 @@ name as their *source*: splits are made by source, never by crop.
 """
 from __future__ import annotations
 
+import csv
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..paths import ENV_DATA, MissingDataError, require_data  # noqa: F401  (re-exported for users)
 
 #: Side of the sub-crops (crops 1 ..) as a fraction of the photograph's short side.
 SUB_CROP_FRACTION = 0.75
@@ -67,17 +81,66 @@ PHOTOS = {
 }
 
 
-def corpus_names() -> list[str]:
-    """Names of the photographs in the corpus (sorted)."""
-    return sorted(PHOTOS)
+#: The corpora: the package photos alone, or the package photos and the Debian photos.
+CORPORA = ("package", "photos")
+def photos_dir() -> Path:
+    """The folder of the Debian photos and their manifest; a MissingDataError naming where it looked."""
+    return require_data("photos/manifest.csv", "the Debian photo corpus").parent
+
+
+@lru_cache(maxsize=None)
+def _manifest(folder: Path) -> tuple[dict, ...]:
+    with open(folder / "manifest.csv", newline="", encoding="utf-8") as f:
+        return tuple(csv.DictReader(f))
+
+
+def photo_manifest() -> list[dict]:
+    """The rows of data/photos/manifest.csv (file, package, version, original_path, author, licence, licence_url)."""
+    return [dict(r) for r in _manifest(photos_dir())]
+
+
+def debian_photo_names() -> list[str]:
+    """Names of the Debian photos (file stems, sorted)."""
+    return sorted(Path(r["file"]).stem for r in _manifest(photos_dir()))
+
+
+def photo_group(name: str) -> str:
+    """The source group a photograph is stratified by: 'package' for the 11, else its Debian package
+    (gcompris-qt-data: per resource bundle, e.g. 'gcompris-qt-data:erase')."""
+    if name in PHOTOS:
+        return "package"
+    row = next((r for r in _manifest(photos_dir()) if Path(r["file"]).stem == name), None)
+    if row is None:
+        raise ValueError(f"unknown photograph {name!r}")
+    if row["package"] == "gcompris-qt-data":
+        return f"{row['package']}:{Path(row['original_path'].split(':', 1)[0]).stem}"
+    return row["package"]
+
+
+def corpus_names(corpus: str = "package") -> list[str]:
+    """Names of the photographs of `corpus` (sorted): 'package' (the 11) or 'photos' (package + Debian)."""
+    if corpus not in CORPORA:
+        raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
+    return sorted(PHOTOS) if corpus == "package" else sorted([*PHOTOS, *debian_photo_names()])
+
+
+def _load_debian(name: str) -> np.ndarray:
+    folder = photos_dir()
+    with Image.open(folder / f"{name}.jpg") as img:
+        return np.asarray(img.convert("RGB"))
 
 
 @lru_cache(maxsize=None)
 def load_photo(name: str) -> np.ndarray:
-    """The full photograph `name` as an H x W x 3 uint8 array (read-only), straight from its package."""
-    if name not in PHOTOS:
-        raise ValueError(f"unknown photograph {name!r}; the corpus holds {corpus_names()}")
-    img = np.ascontiguousarray(PHOTOS[name]())
+    """The full photograph `name` as an H x W x 3 uint8 array (read-only), from its package or data/photos/."""
+    if name in PHOTOS:
+        img = PHOTOS[name]()
+    elif name in debian_photo_names():
+        img = _load_debian(name)
+    else:
+        raise ValueError(f"unknown photograph {name!r}; the package photos are {sorted(PHOTOS)}, "
+                         f"the Debian photos are listed in {photos_dir() / 'manifest.csv'}")
+    img = np.ascontiguousarray(img)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"photograph {name!r}: expected H x W x 3 uint8, got {img.shape} {img.dtype}")
     img.setflags(write=False)
@@ -116,8 +179,8 @@ def source_of(name: str) -> str:
     return name.split("#", 1)[0]
 
 
-def load_corpus(size: int, crops_per_image: int = 1) -> list[tuple[str, torch.Tensor]]:
-    """Every photograph of the corpus as (name, [3, size, size] float32 sRGB in [0, 1]).
+def load_corpus(size: int, crops_per_image: int = 1, corpus: str = "package") -> list[tuple[str, torch.Tensor]]:
+    """Every photograph of `corpus` ('package' or 'photos') as (name, [3, size, size] float32 sRGB in [0, 1]).
 
     With crops_per_image = n, each photograph gives n crops (see the module docstring),
     named 'photo', 'photo#1', ..., 'photo#{n-1}'; use `source_of` to group them.
@@ -125,4 +188,4 @@ def load_corpus(size: int, crops_per_image: int = 1) -> list[tuple[str, torch.Te
     if not isinstance(crops_per_image, int) or not 1 <= crops_per_image <= MAX_CROPS_PER_IMAGE:
         raise ValueError(f"crops_per_image must be an integer in [1, {MAX_CROPS_PER_IMAGE}], got {crops_per_image!r}")
     return [(crop_name(name, c), photo_tensor(name, size, c))
-            for name in corpus_names() for c in range(crops_per_image)]
+            for name in corpus_names(corpus) for c in range(crops_per_image)]

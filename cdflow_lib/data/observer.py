@@ -22,9 +22,11 @@ synthetic pairs get a documented, deterministic stand-in, computed on the **alig
    0.35) already gets ΔV about 1.6. That matches SPCD's scale, which has no labels near 0
    (its 1 % quantile is 1.97); identical images get exactly 0.
 4. Calibration: OBSERVER_GAIN and OBSERVER_EXPONENT were fitted with `fit_observer_mapping`
-   so that the labels of the default synthetic training pairs (`SyntheticPairs("train")`,
-   seed 0) have the quantiles of SPCD's labels (1 % .. 99 %, from the authors' label
-   files); notebook 08_data repeats the fit and compares the distributions.
+   so that the labels of the training pairs of the ``photos`` recipe
+   (`SyntheticPairs("train", size=341, pairs_per_image=30, seed=0)`: 4,020 pairs of 134
+   photographs, stored at the size the training augmentation starts from) have the
+   quantiles of SPCD's labels (1 % .. 99 %, from the authors' label files); notebook
+   08_data repeats the fit and compares the distributions.
 
 For a fixed noise seed the label grows strictly with the pooled ΔE00.
 """
@@ -41,9 +43,9 @@ POOL_PERCENTILE = 0.95
 POOL_WEIGHT = 0.5
 #: The labels saturate below SPCD's largest ΔV.
 DV_CEILING = SPCD_DV_RANGE[1]
-#: Mapping pooled ΔE00 -> ΔV (fitted on the default training pairs, see the module docstring).
-OBSERVER_GAIN = 2.658
-OBSERVER_EXPONENT = 0.4743
+#: Mapping pooled ΔE00 -> ΔV (fitted on the `photos` recipe's training pairs, see the module docstring).
+OBSERVER_GAIN = 2.487
+OBSERVER_EXPONENT = 0.4992
 #: Standard deviation of the multiplicative observer noise, in natural-log units (about 10 %).
 NOISE_LOG_SD = 0.1
 

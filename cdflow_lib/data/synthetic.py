@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .corpus import MAX_CROPS_PER_IMAGE, corpus_names, crop_name, photo_tensor
+from .corpus import CORPORA, MAX_CROPS_PER_IMAGE, corpus_names, crop_name, photo_group, photo_tensor
 from .distortions import FAMILIES, render_distortion, sample_distortion
 from .observer import dv_from_pooled, observer_noise, pooled_delta_e
 from .spcd import SPLIT_FRACTIONS
@@ -40,25 +40,62 @@ DEFAULT_CROPS_PER_IMAGE = 5
 #: Pairs labelled per batch when a dataset is built (fixed, so labels never depend on batching).
 LABEL_CHUNK = 16
 #: Bump when generation changes, so stale label caches are never reused.
-GENERATOR_VERSION = 1
+#: 2: milder misalignment (SPCD-like phone captures) and the photo corpus.
+GENERATOR_VERSION = 2
+#: Debian photos held out for validation and (beside the 11 package photos) for test, corpus 'photos'.
+PHOTOS_N_VAL, PHOTOS_N_TEST_EXTRA = 20, 15
 #: Sub-streams of the seed (split assignment vs pair drawing).
 _SPLIT_STREAM, _PAIR_STREAM = 1, 2
 
 
-def split_sources(seed: int = 0) -> dict[str, list[str]]:
+def split_sources(seed: int = 0, corpus: str = "photos") -> dict[str, list[str]]:
     """The corpus photographs of each split: {'train': [...], 'val': [...], 'test': [...]}.
 
-    A permutation of the sorted corpus seeded with `seed`; the val and test splits get
-    round(fraction x 11) photographs with SPCD's fractions (10 % and 20 %: 1 and 2), at
-    least one each, and train the rest.
+    corpus 'photos': test = the 11 package photos (the tour and the analyses use them) and
+    PHOTOS_N_TEST_EXTRA Debian photos, val = PHOTOS_N_VAL Debian photos, train = the rest,
+    stratified by source group (`corpus.photo_group`): each group's photos are shuffled
+    with `seed` and spread evenly over one ordering, and the split labels are spread evenly
+    over the same ordering, so every source contributes to each split in proportion.
+
+    corpus 'package' (the 11 alone): a permutation seeded with `seed`; val and test get
+    round(fraction x 11) photographs with SPCD's fractions (1 and 2), train the rest.
     """
-    names = corpus_names()
-    order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(len(names))
-    shuffled = [names[i] for i in order]
-    n_val = max(1, round(SPLIT_FRACTIONS["val"] * len(names)))
-    n_test = max(1, round(SPLIT_FRACTIONS["test"] * len(names)))
-    return {"train": sorted(shuffled[n_val + n_test:]), "val": sorted(shuffled[:n_val]),
-            "test": sorted(shuffled[n_val:n_val + n_test])}
+    if corpus not in CORPORA:
+        raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
+    names = corpus_names("package")
+    if corpus == "package":
+        order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(len(names))
+        shuffled = [names[i] for i in order]
+        n_val = max(1, round(SPLIT_FRACTIONS["val"] * len(names)))
+        n_test = max(1, round(SPLIT_FRACTIONS["test"] * len(names)))
+        return {"train": sorted(shuffled[n_val + n_test:]), "val": sorted(shuffled[:n_val]),
+                "test": sorted(shuffled[n_val:n_val + n_test])}
+    debian = [n for n in corpus_names("photos") if n not in names]
+    groups: dict[str, list[str]] = {}
+    for n in debian:
+        groups.setdefault(photo_group(n), []).append(n)
+    order = sorted(groups)
+    held = {"test": _apportion([len(groups[g]) for g in order], PHOTOS_N_TEST_EXTRA),
+            "val": _apportion([len(groups[g]) for g in order], PHOTOS_N_VAL)}
+    out = {"train": [], "val": [], "test": list(names)}
+    for g, group in enumerate(order):
+        members = list(np.random.default_rng([seed, _SPLIT_STREAM, g]).permutation(groups[group]))
+        n_test, n_val = held["test"][g], held["val"][g]
+        out["test"] += members[:n_test]
+        out["val"] += members[n_test:n_test + n_val]
+        out["train"] += members[n_test + n_val:]
+    return {k: sorted(str(n) for n in v) for k, v in out.items()}
+
+
+def _apportion(sizes: list[int], total: int) -> list[int]:
+    """Split `total` over groups in proportion to their sizes (largest remainder; ties to the larger group)."""
+    n = sum(sizes)
+    quotas = [total * s / n for s in sizes]
+    shares = [int(q) for q in quotas]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(quotas[i] - shares[i]), -sizes[i], i))
+    for i in by_remainder[:total - sum(shares)]:
+        shares[i] += 1
+    return shares
 
 
 @dataclass(frozen=True)
@@ -85,7 +122,7 @@ class PairSpec:
 def draw_pair_spec(seed: int, source: str, index: int, size: int, crops_per_image: int,
                    misaligned_fraction: float) -> PairSpec:
     """Pair `index` of photograph `source`: drawn from a generator seeded with (seed, photo, index)."""
-    photo = corpus_names().index(source)
+    photo = corpus_names("photos").index(source)
     rng = np.random.default_rng([seed, _PAIR_STREAM, photo, index])
     crop = int(rng.integers(crops_per_image))
     family = FAMILIES[int(rng.integers(len(FAMILIES)))]
@@ -113,7 +150,8 @@ class SyntheticPairs(Dataset):
     aligned: bool; family: one of distortions.FAMILIES; strength: float in STRENGTH_RANGE;
     source: the corpus photograph.
 
-    split: 'train', 'val' or 'test' (photographs by `split_sources(seed)`); size: pixels;
+    split: 'train', 'val' or 'test' (photographs by `split_sources(seed, corpus)`); corpus:
+    'photos' (package + Debian photos, the default) or 'package' (the 11 alone); size: pixels;
     pairs_per_image: pairs per source photograph; seed: everything random (split, pairs,
     noise) follows from it; misaligned_fraction: probability of a non-aligned pair;
     augment: the authors' training augmentation (`PairAugment`, drawn from torch's global
@@ -126,7 +164,8 @@ class SyntheticPairs(Dataset):
 
     def __init__(self, split: str, size: int = 128, pairs_per_image: int = DEFAULT_PAIRS_PER_IMAGE, seed: int = 0,
                  misaligned_fraction: float = DEFAULT_MISALIGNED_FRACTION, augment: bool = False,
-                 sync_augment: bool = False, cache_dir=None, crops_per_image: int = DEFAULT_CROPS_PER_IMAGE):
+                 sync_augment: bool = False, cache_dir=None, crops_per_image: int = DEFAULT_CROPS_PER_IMAGE,
+                 corpus: str = "photos"):
         if split not in SPLIT_FRACTIONS:
             raise ValueError(f"split must be one of {list(SPLIT_FRACTIONS)}, got {split!r}")
         if not isinstance(pairs_per_image, int) or pairs_per_image < 1:
@@ -138,8 +177,10 @@ class SyntheticPairs(Dataset):
         self.split, self.size, self.seed = split, int(size), int(seed)
         self.config = dict(version=GENERATOR_VERSION, split=split, size=self.size, pairs_per_image=pairs_per_image,
                            seed=self.seed, misaligned_fraction=float(misaligned_fraction),
-                           crops_per_image=crops_per_image)
-        self.sources = split_sources(seed)[split]
+                           crops_per_image=crops_per_image, corpus=corpus)
+        self.corpus = corpus
+        self.sources = split_sources(seed, corpus)[split]
+        self.config["sources"] = self.sources   # the label cache is keyed by the photographs too
         self.specs = [draw_pair_spec(seed, s, k, self.size, crops_per_image, misaligned_fraction)
                       for s in self.sources for k in range(pairs_per_image)]
         crops = sorted({(spec.source, spec.crop) for spec in self.specs})
@@ -152,8 +193,12 @@ class SyntheticPairs(Dataset):
 
     def _pooled(self) -> torch.Tensor:
         """[N] pooled S-CIELAB ΔE00 of the aligned pairs, in fixed chunks of LABEL_CHUNK."""
+        from tqdm.auto import tqdm
+
         raw = []
-        for start in range(0, len(self.specs), LABEL_CHUNK):
+        starts = range(0, len(self.specs), LABEL_CHUNK)
+        for start in tqdm(starts, desc=f"labelling {self.split} pairs", unit="chunk", disable=len(starts) < 8,
+                          leave=False):
             chunk = self.specs[start:start + LABEL_CHUNK]
             x = torch.stack([self.references[s.image] for s in chunk])
             y = torch.stack([render_pair(s, self.references[s.image], aligned=True) for s in chunk])
@@ -196,5 +241,6 @@ class SyntheticPairs(Dataset):
         return item
 
     def __repr__(self) -> str:
-        return (f"SyntheticPairs({self.split!r}, {len(self)} pairs of {len(self.sources)} photographs, "
+        return (f"SyntheticPairs({self.split!r}, {len(self)} pairs of {len(self.sources)} photographs "
+                f"(corpus {self.corpus!r}), "
                 f"size={self.size}, seed={self.seed}; synthetic labels)")

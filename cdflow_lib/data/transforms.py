@@ -80,13 +80,13 @@ def misalign(img: torch.Tensor, dx: float = 0.0, dy: float = 0.0, angle_deg: flo
     return affine_warp(img, dx, dy, angle_deg, scale, padding="reflection")
 
 
-#: Ranges of the mild misalignment of synthetic non-aligned pairs (SPCD's phone captures
-#: are registered by hand, leaving a few pixels of shift, a fraction of a degree and about
-#: one percent of scale): translation as a fraction of the width, rotation in degrees,
-#: relative scale change.
-MISALIGN_MAX_SHIFT = 0.02
-MISALIGN_MAX_ROTATION_DEG = 1.5
-MISALIGN_MAX_SCALE = 0.02
+#: Ranges of the mild misalignment of synthetic non-aligned pairs, like SPCD's phone
+#: captures (registered by hand, leaving a few pixels of shift at 1024 px, under a degree of
+#: rotation and under one percent of scale): translation as a fraction of the width
+#: (0.005: up to 5 px at 1024, 2.6 px at 512), rotation in degrees, relative scale change.
+MISALIGN_MAX_SHIFT = 0.005
+MISALIGN_MAX_ROTATION_DEG = 0.75
+MISALIGN_MAX_SCALE = 0.008
 
 
 def sample_misalignment(rng: np.random.Generator, size: int) -> dict:
