@@ -98,17 +98,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def load_model(spec: str, official: bool = False, device=None):
-    """A CDFlow from a shipped model name or a checkpoint path (ours, or the authors' with `official`)."""
+    """A CDFlow in eval mode from a shipped model name or a checkpoint path (format detected as
+    `evaluate.load_model` does; `official` forces the authors' format), on `device` (default: CUDA if present)."""
     import torch
 
-    from . import checkpoints
+    from .evaluate import load_model as read_model
 
-    if official:
-        model = checkpoints.load_official(spec)
-    elif spec.endswith(".pt") or Path(spec).is_file():
-        model = checkpoints.load(spec)
-    else:
-        model = checkpoints.load_pretrained(spec)
+    model, _ = read_model(spec, official)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()
 

@@ -115,7 +115,7 @@ def test_bad_input_exits_2_naming_the_file(setup, tmp_path, capsys, problem):
         expected = "all images must have the same size"
     else:
         model = tmp_path / "nothing.pt"
-        expected = f"checkpoint not found: {model}"
+        expected = f"{model} is neither a checkpoint file nor a shipped model"
     code, _, err = run(["compare", root / "ref.png", test, "--model", model], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and expected in err and "Traceback" not in err
 
