@@ -9,13 +9,13 @@ from cdflow_lib import pipeline
 
 def test_pipeline_runs_a_notebook_with_injected_parameters(tmp_path):
     figures, build = tmp_path / "figures", tmp_path / "build"
-    assert pipeline.main(["--only", "02", "--smoke", "--figures", str(figures), "--build", str(build)]) == 0
-    executed = build / "02_actnorm.ipynb"
+    assert pipeline.main(["--only", "03", "--smoke", "--figures", str(figures), "--build", str(build)]) == 0
+    executed = build / "03_actnorm.ipynb"
     nb = json.loads(executed.read_text())
     injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     assert injected and "INTERACTIVE = False" in "".join(injected[0]["source"])
-    assert (build / "html" / "02_actnorm.html").stat().st_size > 10_000
-    pngs = sorted((figures / "02_actnorm").glob("*.png"))
+    assert (build / "html" / "03_actnorm.html").stat().st_size > 10_000
+    pngs = sorted((figures / "03_actnorm").glob("*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 

@@ -1,7 +1,7 @@
-"""The targets a shipped model is held to, measured (the numbers of its model card and notebook 10).
+"""The targets a shipped model is held to, measured (the numbers of its model card and notebook 11).
 
 Each function returns plain numbers; none asserts a target. The model card's table and
-notebook 10 print them beside the target, met or not.
+notebook 11 print them beside the target, met or not.
 
 - `synthetic_test_scores`: CD-Flow, MS-SWD and pixel-mean CIEDE2000 on the synthetic test
   pairs (photographs never used in training or selection) at the resolution users evaluate
@@ -28,7 +28,7 @@ TARGETS = {
     "resolution_spearman": 0.95,      # CDs at 256 px vs 512 px
     "tour_photos_shift_below_tint": 9,  # of the 11 package photos
     "combvd_pooled_stress": 35.0,     # rendered patches (the paper's CD-Flow: 35.06)
-    "explorer_clipped_fraction": 0.02,  # notebook 15's default edit
+    "explorer_clipped_fraction": 0.02,  # notebook 16's default edit
 }
 #: The tour's test images (notebook 00): a two-pixel circular shift and the "warm" filter look at half intensity.
 TOUR_SHIFT_PX = 2

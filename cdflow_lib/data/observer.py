@@ -26,7 +26,7 @@ synthetic pairs get a documented, deterministic stand-in, computed on the **alig
    (`SyntheticPairs("train", size=341, pairs_per_image=30, seed=0)`: 4,020 pairs of 134
    photographs, stored at the size the training augmentation starts from) have the
    quantiles of SPCD's labels (1 % .. 99 %, from the authors' label files); notebook
-   08_data repeats the fit and compares the distributions.
+   09_data repeats the fit and compares the distributions.
 
 For a fixed noise seed the label grows strictly with the pooled ΔE00.
 """
