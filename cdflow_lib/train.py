@@ -635,6 +635,36 @@ class _LossModule(nn.Module):
         return cdflow_loss(self.model, x, y, dv, self.likelihood_weight)
 
 
+def likelihood_weight_runs(cfg: TrainConfig, train_set, weights=(1.0, 30.0), steps: int = 150) -> dict[float, dict]:
+    """Short training runs that differ only in the likelihood weight w (a controlled comparison).
+
+    cfg: the run's configuration (its ``likelihood_weight`` is replaced by each w; nothing is
+    written to ``cfg.out``); train_set: a pair set (items with x, y [3, H, W] in [0, 1] and dv);
+    weights: the values of w, each >= 0 (w multiplies bpd(x) + bpd(y) in the loss);
+    steps: Adam steps per run.
+
+    Every run starts from the same weights (the model built after ``torch.manual_seed(cfg.seed)``,
+    ActNorm initialised on the first batch of epoch 0, as `Trainer` does) and sees the same
+    batches: step s trains on ``epoch_batches(len(train_set), cfg.batch_size, cfg.seed, s)[0]``
+    (a fresh random batch each step) with the augmentation of ``_step_generator(cfg.seed, s, 0)``.
+    The learning rate stays cfg.lr (no epoch ends, so StepLR never steps); no validation.
+
+    Returns {w: {"model": the trained CDFlow (raw weights, not the EMA; eval mode),
+    "log": one dict per step with the loss and its terms (floats, before that step's update:
+    mse_all and mse_partial in squared ΔV units, bpd_x and bpd_y in bits per dimension),
+    "batches": the index lists of the steps}}.
+    """
+    runs = {}
+    for w in weights:
+        trainer = Trainer(dataclasses.replace(cfg, likelihood_weight=float(w)), train_set)  # seeds cfg.seed
+        trainer.initialize_actnorm()
+        batches = [epoch_batches(len(train_set), cfg.batch_size, cfg.seed, s)[0] for s in range(steps)]
+        log = [trainer.train_step(_collate([train_set[i] for i in idx]), _step_generator(cfg.seed, s, 0))
+               for s, idx in enumerate(batches)]
+        runs[float(w)] = {"model": trainer.model.eval(), "log": log, "batches": batches}
+    return runs
+
+
 def read_log(path) -> list[dict]:
     """The per-epoch rows of a run's log.csv, numbers as floats (empty cells as None)."""
     with open(path, newline="") as f:

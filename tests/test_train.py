@@ -210,3 +210,65 @@ def test_inverse_mode_refuses_an_inexact_inverse():
         model.glow(x)
     with pytest.raises(ValueError, match="memory_mode must be one of"):
         model.glow.memory_mode = "swap"
+
+
+# --- the likelihood-weight study (notebook 10) -------------------------------------------
+
+def test_likelihood_weight_runs_share_start_and_batches_and_weight_only_the_bpd_terms(tmp_path):
+    cfg = tiny_cfg(tmp_path, augment=False, lr=1e-3)
+    runs = train.likelihood_weight_runs(cfg, ToyPairs(12, 16), weights=(0.0, 1.0, 30.0), steps=3)
+    assert set(runs) == {0.0, 1.0, 30.0}
+    first = {w: r["log"][0] for w, r in runs.items()}
+    for w, r in runs.items():
+        assert len(r["log"]) == 3 and r["batches"] == runs[0.0]["batches"], "every run must see the same batches"
+        assert len({tuple(b) for b in r["batches"]}) > 1, "a fresh batch each step"
+        # same start, same first batch: identical terms before the first update, whatever w
+        for key in ("mse_all", "mse_partial", "bpd_x", "bpd_y"):
+            assert first[w][key] == pytest.approx(first[0.0][key], rel=1e-6), (w, key)
+        distance = 10 * (10 * first[w]["mse_all"] + first[w]["mse_partial"])
+        assert first[w]["loss"] == pytest.approx(distance + w * (first[w]["bpd_x"] + first[w]["bpd_y"]), rel=1e-5)
+    # the learned priors (zero at initialisation) enter only log p: w = 0 leaves them at zero
+    priors = {w: torch.cat([p.flatten() for b in r["model"].glow.blocks for p in b.prior.parameters()])
+              for w, r in runs.items()}
+    assert torch.count_nonzero(priors[0.0]) == 0
+    assert torch.count_nonzero(priors[1.0]) > 0 and torch.count_nonzero(priors[30.0]) > 0
+    assert not runs[1.0]["model"].training
+
+
+def test_likelihood_weight_runs_equal_adam_written_out_by_hand(tmp_path):
+    """Two steps of one run against an independent computation: the model built from the seed,
+    ActNorm on the first batch, the loss with weight w, and Adam's update rule written out."""
+    steps = 2
+    cfg = tiny_cfg(tmp_path, augment=False, lr=1e-3)
+    ds = ToyPairs(12, 16)
+    got = dict(train.likelihood_weight_runs(cfg, ds, weights=(30.0,), steps=steps)[30.0]["model"].named_parameters())
+
+    def batch(s):
+        idx = train.epoch_batches(len(ds), cfg.batch_size, cfg.seed, s)[0]
+        return ds.x[idx], ds.y[idx], ds.dv[idx]
+
+    def adam_by_hand(w):
+        torch.manual_seed(cfg.seed)
+        model = CDFlow.from_config("tiny").train()
+        x0, y0, _ = batch(0)
+        model.glow.initialize(torch.cat([x0, y0]))
+        params = dict(model.named_parameters())
+        m = {k: torch.zeros_like(p) for k, p in params.items()}
+        v = {k: torch.zeros_like(p) for k, p in params.items()}
+        b1, b2 = 0.9, 0.999                                     # torch.optim.Adam's defaults
+        for t in range(1, steps + 1):
+            loss, _ = train.cdflow_loss(model, *batch(t - 1), likelihood_weight=w)
+            grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+            with torch.no_grad():
+                for k, p in params.items():
+                    m[k] = b1 * m[k] + (1 - b1) * grads[k]
+                    v[k] = b2 * v[k] + (1 - b2) * grads[k] ** 2
+                    p -= cfg.lr * (m[k] / (1 - b1 ** t)) / ((v[k] / (1 - b2 ** t)).sqrt() + cfg.adam_eps)
+        return params
+
+    tol = 1e-3 * cfg.lr                                         # Adam moves each weight by about lr a step
+    by_hand = adam_by_hand(30.0)
+    for name, p in by_hand.items():
+        assert torch.allclose(got[name], p, rtol=0, atol=tol), name
+    other = adam_by_hand(1.0)                                   # the check can tell the weights apart
+    assert max((got[k] - p).abs().max().item() for k, p in other.items()) > 100 * tol
