@@ -8,6 +8,7 @@ import torch
 from cdflow_lib import colour, metric
 from cdflow_lib.analysis import uniformity as un
 from cdflow_lib.baselines import get_measure
+from cdflow_lib.evaluate import stress
 from cdflow_lib.patches import load_combvd
 
 matplotlib.use("Agg")
@@ -288,6 +289,20 @@ def test_combvd_stress_of_a_formula_as_a_distance_equals_its_column():
         assert 10 < r["ciede2000"] < 60
     in_gamut = [r for r in rows if r["pairs"] == "in gamut"]
     assert 100 < in_gamut[-1]["n"] < 200 and in_gamut[-1]["subset"] == "pooled"
+
+
+def test_combvd_predictions_give_the_stress_rows_and_the_gamut_split():
+    """The per-pair predictions behind the table: STRESS recomputed from them (evaluate.stress, one
+    scale factor over all pairs) is the pooled row, and in_gamut is the 'in gamut' rows' selection."""
+    pairs = un.subsample_pairs(load_combvd(), 150, seed=3)
+    preds, in_gamut = un.combvd_predictions({}, pairs)
+    rows = un.stress_rows(preds, in_gamut, pairs)
+    assert rows == un.combvd_stress({}, pairs)
+    pooled = {r["pairs"]: r for r in rows if r["subset"] == "pooled"}
+    for name in ("cielab", "ciede2000"):
+        assert pooled["all"][name] == pytest.approx(stress(preds[name], pairs.dv), rel=1e-12)
+        assert pooled["in gamut"][name] == pytest.approx(stress(preds[name][in_gamut], pairs.dv[in_gamut]), rel=1e-12)
+    assert pooled["in gamut"]["n"] == in_gamut.sum() and 0 < in_gamut.sum() < len(pairs)
 
 
 # ----------------------------------------------------------------------------- figures

@@ -605,6 +605,32 @@ def subsample_pairs(pairs: PatchPairs, n: int | None, seed: int = 0) -> PatchPai
     return pairs.select(idx)
 
 
+def combvd_predictions(distances: Mapping[str, SrgbDistance], pairs: PatchPairs) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-pair predictions on the rendered COMBVD patch pairs, for paired comparisons.
+
+    distances: name -> SrgbDistance; pairs: COMBVD or a subset (``subsample_pairs``). Returns
+    name -> [N] predicted differences, for every ``patches.FORMULAS`` and every distance, and
+    in_gamut: [N] bool (False where a colour of the pair was clipped).
+    """
+    rendered = render_srgb(pairs)
+    preds = rendered_differences(rendered)
+    preds.update({name: np.asarray(dist(rendered.srgb1, rendered.srgb2)) for name, dist in distances.items()})
+    return preds, ~rendered.out_of_gamut
+
+
+def stress_rows(predictions: Mapping[str, np.ndarray], in_gamut, pairs: PatchPairs) -> list[dict]:
+    """The rows of ``combvd_stress`` from ``combvd_predictions``' output (see there)."""
+    in_gamut = np.asarray(in_gamut, dtype=bool)
+    rows = []
+    for label, keep in (("all", np.ones(len(pairs), dtype=bool)), ("in gamut", in_gamut)):
+        kept = pairs.select(keep)
+        scores = {name: stress_by_subset(np.asarray(p)[keep], kept) for name, p in predictions.items()}
+        subsets = [s for s in COMBVD_SUBSETS if np.any(kept.subset == s)] + ["pooled"]
+        rows += [{"pairs": label, "subset": s, "n": int(len(kept) if s == "pooled" else np.sum(kept.subset == s)),
+                  **{name: scores[name][s] for name in predictions}} for s in subsets]
+    return rows
+
+
 def combvd_stress(distances: Mapping[str, SrgbDistance], pairs: PatchPairs | None = None) -> list[dict]:
     """COMBVD STRESS of the formulas and of sRGB distances on the rendered patch pairs.
 
@@ -612,20 +638,10 @@ def combvd_stress(distances: Mapping[str, SrgbDistance], pairs: PatchPairs | Non
     (default: all 3,813) or a subset. Rows: pairs ("all": out-of-gamut colours clipped, or
     "in gamut": pairs with a clipped colour left out), subset (each COMBVD subset, then
     "pooled"), n, then the STRESS of every ``patches.FORMULAS`` on the rendering and of every
-    distance (lower is better).
+    distance (lower is better). ``combvd_predictions`` and ``stress_rows`` do the two halves.
     """
     pairs = load_combvd() if pairs is None else pairs
-    rendered = render_srgb(pairs)
-    preds = rendered_differences(rendered)
-    preds.update({name: np.asarray(dist(rendered.srgb1, rendered.srgb2)) for name, dist in distances.items()})
-    rows = []
-    for label, keep in (("all", np.ones(len(pairs), dtype=bool)), ("in gamut", ~rendered.out_of_gamut)):
-        kept = pairs.select(keep)
-        scores = {name: stress_by_subset(p[keep], kept) for name, p in preds.items()}
-        subsets = [s for s in COMBVD_SUBSETS if np.any(kept.subset == s)] + ["pooled"]
-        rows += [{"pairs": label, "subset": s, "n": int(len(kept) if s == "pooled" else np.sum(kept.subset == s)),
-                  **{name: scores[name][s] for name in preds}} for s in subsets]
-    return rows
+    return stress_rows(*combvd_predictions(distances, pairs), pairs)
 
 
 # ----------------------------------------------------------------------------- figures
