@@ -95,6 +95,20 @@ def test_maps_have_image_shape_and_the_combined_map_gives_the_cd(tiny, photo, po
     assert math.isclose(sum(shares.values()), 1.0, rel_tol=1e-5)
 
 
+def test_pooled_scale_map_is_the_rms_of_one_latent_position_over_its_cell(tiny, photo):
+    """A latent position of scale k owns a 2^k x 2^k cell and nothing else lands there: the pooled
+    map of the cell is the root of that position's summed squared differences over 3 * 4^k slots."""
+    y = cd_maps.apply_tint(photo, cd_maps.blob_mask(SIZE, SIZE))
+    maps = cd_maps.cdflow_maps(tiny, photo, y)
+    with torch.no_grad():
+        zs = tiny.latents(torch.cat([photo, y]))
+    for k, z in enumerate(zs, start=1):
+        cell = (z[:1] - z[1:]).double().pow(2).sum(1).div(3 * 4 ** k).sqrt()[0]
+        expected = cell.repeat_interleave(2 ** k, 0).repeat_interleave(2 ** k, 1)
+        got = maps[f"scale {k}"][0].double()
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6 * float(expected.max())), f"scale {k}"
+
+
 def test_delta_e_map_is_the_per_pixel_ciede2000_of_colour_science(photo):
     from colour.difference import delta_E_CIE2000
 
