@@ -14,9 +14,11 @@ image, x' = f^-1(z'). Two edits:
   scale (amplitude in CD units; the explorer's unit, ``AMPLITUDE_UNIT``).
 - ``swap_scale``: give x the latent of y at scale k (or at several scales).
 
-Decoded images can leave [0, 1]; they are clipped back (``clipped_fraction`` says how much
-was cut), so the CD of an edit is measured on the image a viewer would see. Without
-clipping, CD(x, x') would be exactly the RMS of the latent edit.
+Decoded images can leave [0, 1]; they are clipped back (``clipped_fraction`` and
+``perturb_clipping`` say how much was cut), so the CD of an edit is measured on the image a
+viewer would see. Without clipping, CD(x, x') would be exactly the RMS of the latent edit; a
+decode that clips more than ``BROKEN_CLIPPED_SHARE`` of its values is saturated, and the
+explorer says so. ``safe_amplitude`` finds the largest amplitude that stays within it.
 
 ``latent_explorer`` builds an ipywidgets explorer of both edits; ``pc_grid_figure`` and
 ``swap_figure`` draw the same things as static figures.
@@ -44,6 +46,12 @@ DEFAULT_AMPLITUDE = 1.0
 DEFAULT_COMPONENTS = 4
 #: Minimum side, in pixels, of each image panel the widget shows (enlarged by an integer factor, nearest neighbour).
 WIDGET_PANEL_PX = 224
+#: A decoded value counts as clipped when it leaves [0, 1] by more than half an 8-bit level: a smaller
+#: overshoot (float error of the inverse on a pixel that was already 0 or 1) rounds to the same 8-bit value.
+CLIP_TOLERANCE = 0.5 / 255
+#: Above this share of clipped values a decode is saturated, not a picture of the edit: the project's
+#: target for the explorer's default edit (``analysis.targets.TARGETS["explorer_clipped_fraction"]``).
+BROKEN_CLIPPED_SHARE = 0.02
 
 
 def _check_scale(cd: CDFlow, scale: int) -> int:
@@ -121,6 +129,10 @@ def perturb_latent(cd: CDFlow, x: torch.Tensor, scale: int, direction: torch.Ten
     ``LatentPCA.direction(i)``) or [C, h, w] (the latent's own shape); amplitude: a float.
     Returns [B, 3, H, W]. Amplitude 0 returns x up to the inverse's float error.
     """
+    return _decode(cd, _perturbed_latents(cd, x, scale, direction, amplitude))
+
+
+def _perturbed_latents(cd: CDFlow, x: torch.Tensor, scale: int, direction: torch.Tensor, amplitude: float):
     scale = _check_scale(cd, scale)
     zs = list(cd.latents(x))
     z = zs[scale - 1]
@@ -131,7 +143,7 @@ def perturb_latent(cd: CDFlow, x: torch.Tensor, scale: int, direction: torch.Ten
         raise ValueError(f"direction: expected shape ({z.shape[1]},) or {tuple(z.shape[1:])} "
                          f"for scale {scale}, got {tuple(d.shape)}")
     zs[scale - 1] = z + float(amplitude) * d
-    return _decode(cd, zs)
+    return zs
 
 
 @torch.no_grad()
@@ -140,12 +152,16 @@ def swap_scale(cd: CDFlow, x: torch.Tensor, y: torch.Tensor, scale: int | Sequen
 
     x, y: [B, 3, H, W] sRGB in [0, 1], same shape. Swapping every scale 1..K gives y.
     """
+    return _decode(cd, _swapped_latents(cd, x, y, scale))
+
+
+def _swapped_latents(cd: CDFlow, x: torch.Tensor, y: torch.Tensor, scale: int | Sequence[int]):
     scales = [scale] if isinstance(scale, (int, np.integer)) else list(scale)
     scales = {_check_scale(cd, k) for k in scales}
     cd.check_images(x, y)
     zs = cd.latents(torch.cat([x, y]))
     b = x.shape[0]
-    return _decode(cd, [z[b:] if k in scales else z[:b] for k, z in enumerate(zs, 1)])
+    return [z[b:] if k in scales else z[:b] for k, z in enumerate(zs, 1)]
 
 
 @torch.no_grad()
@@ -160,10 +176,57 @@ def default_edit(cd: CDFlow, x: torch.Tensor, pca: LatentPCA) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def clipped_fraction(cd: CDFlow, zs) -> float:
-    """Share of the values of f^-1(zs) outside [0, 1] (what the clipping of decoded images cuts)."""
-    out = cd.flow.inverse(zs)
-    return float(((out < 0) | (out > 1)).float().mean())
+def clipped_fraction(cd: CDFlow, zs, tol: float = CLIP_TOLERANCE) -> float:
+    """Share of the values of f^-1(zs) outside [-tol, 1 + tol] (what the clipping of decoded images cuts)."""
+    return float(_outside(cd.flow.inverse(zs), tol).mean())
+
+
+def _outside(images: torch.Tensor, tol: float) -> torch.Tensor:
+    """1.0 where a value lies outside [-tol, 1 + tol], else 0.0 (same shape)."""
+    return ((images < -tol) | (images > 1 + tol)).float()
+
+
+@torch.no_grad()
+def perturb_clipping(cd: CDFlow, x: torch.Tensor, scale: int, direction: torch.Tensor, amplitudes,
+                     tol: float = CLIP_TOLERANCE) -> np.ndarray:
+    """Clipped share (`clipped_fraction`) of `perturb_latent(cd, x, scale, direction, a)` for each a: [A].
+
+    x: [1, 3, H, W] sRGB in [0, 1]; direction: [C] (added at every position); amplitudes: A floats.
+    The A edits are decoded as one batch.
+    """
+    scale = _check_scale(cd, scale)
+    check_image(x, "x")
+    if x.shape[0] != 1:
+        raise ValueError(f"x: expected one image [1, 3, H, W], got batch size {x.shape[0]}")
+    zs = cd.latents(x)
+    a = torch.as_tensor(list(amplitudes), dtype=zs[0].dtype, device=zs[0].device).view(-1, 1, 1, 1)
+    d = torch.as_tensor(direction, dtype=zs[0].dtype, device=zs[0].device).view(1, -1, 1, 1)
+    edited = [z.expand(len(a), *z.shape[1:]) + (a * d if k == scale else 0) for k, z in enumerate(zs, 1)]
+    out = cd.flow.inverse(edited)
+    return _outside(out, tol).flatten(1).mean(1).cpu().numpy()
+
+
+@torch.no_grad()
+def safe_amplitude(cd: CDFlow, x: torch.Tensor, scale: int, direction: torch.Tensor, limit: float = BROKEN_CLIPPED_SHARE,
+                   high: float = AMPLITUDE_RANGE[1], resolution: float = 1e-3) -> float:
+    """The largest amplitude a in [0, high] whose edit (`perturb_latent` along `direction`) clips at most
+    `limit` of the decoded values, by bisection to `resolution` (in the direction's unit).
+
+    x: [1, 3, H, W] sRGB in [0, 1]. Assumes the clipped share grows with a (true on every package photo);
+    returns `high` when even that edit stays within the limit, 0.0 when x itself decodes beyond it.
+    """
+    def share(a):
+        return float(perturb_clipping(cd, x, scale, direction, [a])[0])
+
+    if share(high) <= limit:
+        return float(high)
+    lo, hi = 0.0, float(high)
+    if share(lo) > limit:
+        return 0.0
+    while hi - lo > resolution:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if share(mid) <= limit else (lo, mid)
+    return lo
 
 
 def edit_attribution(x: torch.Tensor, y: torch.Tensor, edited: torch.Tensor) -> dict[str, np.ndarray]:
@@ -234,10 +297,13 @@ def pc_grid(cd: CDFlow, x: torch.Tensor, pcas: Sequence[LatentPCA], amplitudes=D
 
 
 def pc_grid_figure(images: torch.Tensor, cds: np.ndarray, scales: Sequence[int], amplitudes=DEFAULT_AMPLITUDES,
-                   component: int = 0, size: float = 1.8, suptitle: str | None = None, unit: str = AMPLITUDE_UNIT):
+                   component: int = 0, size: float = 1.8, suptitle: str | None = None, unit: str = AMPLITUDE_UNIT,
+                   clipped: np.ndarray | None = None):
     """A grid of decoded images (rows: scales, columns: amplitudes) titled with their CD to the original.
 
-    images: [S, A, 3, H, W] and cds: [S, A] from `pc_grid`; scales: the S scale numbers.
+    images: [S, A, 3, H, W] and cds: [S, A] from `pc_grid`; scales: the S scale numbers; clipped:
+    optional [S, A] clipped shares (`perturb_clipping`): each title then gives its share, and a panel
+    above BROKEN_CLIPPED_SHARE is titled "saturated" in red (its picture is not a finding).
     """
     import matplotlib.pyplot as plt
 
@@ -251,7 +317,12 @@ def pc_grid_figure(images: torch.Tensor, cds: np.ndarray, scales: Sequence[int],
             ax.imshow(to_numpy_image(images[i, j]))
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{amplitudes[j]:+.1f}{unit_symbol(unit)}: CD {cds[i, j]:.3f}", fontsize=8)
+            title, colour = f"{amplitudes[j]:+.1f}{unit_symbol(unit)}: CD {cds[i, j]:.3f}", "black"
+            if clipped is not None:
+                broken = clipped[i, j] > BROKEN_CLIPPED_SHARE
+                title += f"\n{clipped[i, j]:.0%} clipped" + (": saturated" if broken else "")
+                colour = "tab:red" if broken else colour
+            ax.set_title(title, fontsize=8, color=colour)
         axes[i, 0].set_ylabel(f"scale {scales[i]}, PC {component + 1}", fontsize=8)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
@@ -347,6 +418,7 @@ def latent_explorer(cd: CDFlow, images: torch.Tensor, names: Sequence[str] | Non
     report = w.HTML()
     pcas: dict[int, LatentPCA] = {}
 
+    @torch.no_grad()
     def update(_=None):
         x = images[image.value:image.value + 1]
         k = scale.value
@@ -356,18 +428,23 @@ def latent_explorer(cd: CDFlow, images: torch.Tensor, names: Sequence[str] | Non
                 pcas[k] = latent_pca(cd, images, k, min(n_components, c))
             pca = pcas[k]
             i = min(component.value, len(pca.std) - 1)
-            edited = perturb_latent(cd, x, k, unit_direction(pca, i, x), amplitude.value)
+            zs = _perturbed_latents(cd, x, k, unit_direction(pca, i, x), amplitude.value)
             extra = f"PC {i + 1} of scale {k} explains {100 * float(pca.explained[i]):.1f}% of its variance"
         else:
             y = images[partner.value:partner.value + 1]
-            edited = swap_scale(cd, x, y, k)
-            with torch.no_grad():
-                extra = f"CD(edit, {names[partner.value]}) = {float(cd(y, edited)):.4f}"
-        with torch.no_grad():
-            change = float(cd(x, edited))
+            zs = _swapped_latents(cd, x, y, k)
+        raw = cd.flow.inverse(zs)
+        edited = raw.clamp(0.0, 1.0)
+        if mode.value == "swap":
+            extra = f"CD(edit, {names[partner.value]}) = {float(cd(y, edited)):.4f}"
+        change = float(cd(x, edited))
+        clipped = float(_outside(raw, CLIP_TOLERANCE).mean())
+        verdict = (f"<b>{clipped:.1%} of the decoded values clipped: the edit breaks the image</b> (saturated; "
+                   f"over {BROKEN_CLIPPED_SHARE:.0%}, not a picture of what the latent encodes)"
+                   if clipped > BROKEN_CLIPPED_SHARE else f"{clipped:.1%} of the decoded values clipped")
         diff = ((edited - x).abs() * 4).clamp(0, 1)
         picture.value = _png([x[0], edited[0], diff[0]])
-        report.value = (f"<b>CD(original, edit) = {change:.4f}</b> &nbsp; {extra}<br>"
+        report.value = (f"<b>CD(original, edit) = {change:.4f}</b> &nbsp; {extra}<br>{verdict}<br>"
                         "panels: original | decoded edit | |difference| x 4")
         component.disabled = amplitude.disabled = mode.value == "swap"
         partner.disabled = mode.value == "perturb"

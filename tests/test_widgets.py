@@ -126,6 +126,13 @@ def test_explorer_builds_without_a_display_and_updates_on_change(tiny, photos):
     sliders[1].value = 0.0
     assert report.value != before
     assert float(re.search(r"CD\(original, edit\) = ([0-9.]+)", report.value).group(1)) <= 1e-4  # the CD's 1e-8 floor
+    assert "0.0% of the decoded values clipped" in report.value and "breaks" not in report.value
+    sliders[1].value = widgets.AMPLITUDE_RANGE[1]
+    share = widgets.perturb_clipping(tiny, photos[:1], tiny.n_scales,
+                                     widgets.latent_pca(tiny, photos, tiny.n_scales, 1).cd_direction(0, SIZE, SIZE),
+                                     [widgets.AMPLITUDE_RANGE[1]])[0]
+    assert f"{share:.1%} of the decoded values clipped" in report.value
+    assert ("breaks the image" in report.value) == (share > widgets.BROKEN_CLIPPED_SHARE)
     _find(box, w.ToggleButtons).value = "swap"
     assert "CD(edit, coffee)" in report.value
 
@@ -154,4 +161,63 @@ def test_default_edit_reports_its_clipping(tiny, photos):
     zs = list(tiny.latents(photos[:1]))
     zs[-1] = zs[-1] + widgets.DEFAULT_AMPLITUDE * pca.cd_direction(0, SIZE, SIZE).view(1, -1, 1, 1)
     raw = tiny.flow.inverse(zs)
-    assert clipped == pytest.approx(float(((raw < 0) | (raw > 1)).float().mean()))
+    tol = widgets.CLIP_TOLERANCE
+    assert clipped == pytest.approx(float(((raw < -tol) | (raw > 1 + tol)).float().mean()))
+
+
+def test_clipped_fraction_ignores_the_float_error_on_saturated_pixels(tiny):
+    """An unedited image with pure black and white areas decodes 1e-5 past [0, 1]: not clipping."""
+    x = torch.full((1, 3, SIZE, SIZE), 0.5)
+    x[..., : SIZE // 4, :], x[..., -SIZE // 4:, :] = 0.0, 1.0
+    with torch.no_grad():
+        zs = tiny.latents(x)
+        raw = tiny.flow.inverse(zs)
+    assert widgets.clipped_fraction(tiny, zs) == 0.0
+    assert widgets.clipped_fraction(tiny, zs, tol=0.0) == pytest.approx(float(((raw < 0) | (raw > 1)).float().mean()))
+    assert widgets.CLIP_TOLERANCE == pytest.approx(1 / 510) and (raw - x).abs().max() < widgets.CLIP_TOLERANCE
+
+
+def test_broken_share_is_the_projects_explorer_target():
+    from cdflow_lib.analysis.targets import TARGETS
+
+    assert widgets.BROKEN_CLIPPED_SHARE == TARGETS["explorer_clipped_fraction"]
+
+
+def test_perturb_clipping_matches_one_edit_at_a_time(tiny, photos):
+    x, scale = photos[:1], tiny.n_scales
+    pca = widgets.latent_pca(tiny, photos, scale=scale, k=1)
+    d = pca.cd_direction(0, SIZE, SIZE)
+    amplitudes = [-1.0, 0.0, 0.3, 2.0]
+    shares = widgets.perturb_clipping(tiny, x, scale, d, amplitudes)
+    expected = []
+    for a in amplitudes:
+        zs = list(tiny.latents(x))
+        zs[-1] = zs[-1] + a * d.view(1, -1, 1, 1)
+        expected.append(widgets.clipped_fraction(tiny, zs))
+    assert shares.shape == (4,) and np.allclose(shares, expected, atol=1e-6)
+    assert shares[1] == 0.0 and shares[3] > 0.0
+
+
+def test_safe_amplitude_matches_a_brute_force_scan(tiny, photos):
+    x, scale = photos[1:2], tiny.n_scales
+    d = widgets.latent_pca(tiny, photos, scale=scale, k=1).cd_direction(0, SIZE, SIZE)
+    grid = np.arange(0.0, 4.0 + 1e-9, 0.02)
+    shares = widgets.perturb_clipping(tiny, x, scale, d, grid)
+    limit = 0.5 * float(shares.max())                      # a limit the scan is sure to cross
+    first_over = grid[np.argmax(shares > limit)]
+    found = widgets.safe_amplitude(tiny, x, scale, d, limit=limit, high=4.0, resolution=1e-3)
+    assert first_over - 0.02 - 1e-3 <= found < first_over, (found, first_over)
+    assert widgets.perturb_clipping(tiny, x, scale, d, [found])[0] <= limit
+    assert widgets.safe_amplitude(tiny, x, scale, d, limit=1.0) == widgets.AMPLITUDE_RANGE[1]
+
+
+def test_pc_grid_figure_marks_saturated_panels(tiny, photos):
+    import matplotlib.pyplot as plt
+
+    pcas = [widgets.latent_pca(tiny, photos, tiny.n_scales, 1)]
+    images, cds = widgets.pc_grid(tiny, photos[:1], pcas, amplitudes=(0.0, 1.0))
+    fig = widgets.pc_grid_figure(images, cds, [tiny.n_scales], amplitudes=(0.0, 1.0), clipped=np.array([[0.0, 0.5]]))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "0% clipped" in titles[0] and "saturated" not in titles[0]
+    assert "50% clipped: saturated" in titles[1]
+    plt.close(fig)
