@@ -186,3 +186,39 @@ def test_figures_have_one_panel_per_kind(photos, shifted_pairs):
     plt.close(fig)
     with pytest.raises(ValueError):
         rb.plot_sensitivity([r for r in sens if r["kind"] == "none"])
+
+
+def test_srcc_loss_difference_matches_direct_spearman_and_a_brute_force_bootstrap():
+    rng = np.random.default_rng(1)
+    dv = rng.uniform(0, 10, 40)
+    a0, a1 = dv + rng.normal(0, 1, 40), dv + rng.normal(0, 4, 40)    # a: spoiled by the "warp"
+    b0, b1 = dv + rng.normal(0, 1, 40), dv + rng.normal(0, 1, 40)    # b: barely touched
+    srcc = lambda p, t: stats.spearmanr(p, t)[0]
+    ci = rb.srcc_loss_difference(dv, a0, a1, b0, b1, n=200, seed=3)
+    assert ci.estimate == pytest.approx((srcc(a0, dv) - srcc(a1, dv)) - (srcc(b0, dv) - srcc(b1, dv)), abs=1e-12)
+    g = np.random.default_rng(3)                                     # the same resamples, written out
+    boot = []
+    for _ in range(200):
+        i = g.integers(0, 40, 40)
+        boot.append((srcc(a0[i], dv[i]) - srcc(a1[i], dv[i])) - (srcc(b0[i], dv[i]) - srcc(b1[i], dv[i])))
+    assert (ci.low, ci.high) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])), abs=1e-12)
+    assert ci.low > 0                                                # a loses more: the interval says so
+    swapped = rb.srcc_loss_difference(dv, b0, b1, a0, a1, n=200, seed=3)
+    assert (swapped.estimate, swapped.low, swapped.high) == pytest.approx((-ci.estimate, -ci.high, -ci.low), abs=1e-12)
+    with pytest.raises(ValueError):
+        rb.srcc_loss_difference(dv[:2], a0[:2], a1[:2], b0[:2], b1[:2])
+
+
+def test_robustness_table_returns_the_predictions_its_scores_come_from(shifted_pairs):
+    grid = [rb.IDENTITY, rb.Perturbation("translation", 0.05)]
+    measures = {"CIEDE2000": baselines.ciede2000, "mean colour": mean_colour_distance}
+    rows, preds, dv = rb.robustness_table(measures, shifted_pairs, grid, return_predictions=True)
+    assert rows == rb.robustness_table(measures, shifted_pairs, grid)
+    x, y, _ = rb.stack_pairs(shifted_pairs)
+    direct = baselines.ciede2000(x, misalign(y, dx=0.05 * y.shape[-1])).double().numpy()
+    np.testing.assert_allclose(preds["shift 5%"]["CIEDE2000"], direct, rtol=1e-6)
+    assert dv.tolist() == [p["dv"] for p in shifted_pairs]
+    # the shift spoils CIEDE2000's ranking and not the mean colour's: a paired interval above 0
+    ci = rb.srcc_loss_difference(dv, preds["aligned"]["CIEDE2000"], preds["shift 5%"]["CIEDE2000"],
+                                 preds["aligned"]["mean colour"], preds["shift 5%"]["mean colour"], n=300)
+    assert ci.low > 0

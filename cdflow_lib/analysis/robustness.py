@@ -8,7 +8,9 @@ measures ``measure(x, y) -> [B]`` (x, y: [B, 3, H, W] sRGB in [0, 1]):
 
 1. **Accuracy under misalignment** (``robustness_table``): take pairs labelled on their
    aligned version, warp the test image by a `Perturbation`, and score each measure's
-   predictions against the unchanged labels (STRESS and Spearman's SRCC).
+   predictions against the unchanged labels (STRESS and Spearman's SRCC); whether one
+   measure loses less SRCC than another, with a paired bootstrap interval
+   (``srcc_loss_difference``).
 2. **Movement under a pure geometric change** (``geometric_sensitivity``): d(x, warp(x)),
    where nothing about the colour changed, in units of the same measure's distance for a
    just-visible colour change (``jnd_distance``), so measures on different scales compare.
@@ -20,6 +22,7 @@ centre, bilinear, reflect padding). Ranges follow the CD-Flow paper's robustness
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -31,7 +34,7 @@ from .. import colour
 from .._checks import check_image
 from ..baselines import get_measure
 from ..data.transforms import misalign
-from ..evaluate import predict, stress
+from ..evaluate import Interval, predict, stress
 
 #: Perturbation kinds; "none" (amount 0) is the unperturbed reference.
 PERTURBATION_KINDS = ("none", "translation", "rotation", "dilation")
@@ -235,14 +238,16 @@ def stack_pairs(pairs: Iterable[Mapping]) -> tuple[torch.Tensor, torch.Tensor, t
 
 def robustness_table(measures: Mapping[str, Measure], pairs: Iterable[Mapping],
                      perturbations: Sequence[Perturbation], *, batch_size: int = 8,
-                     progress: bool = False) -> list[dict]:
+                     progress: bool = False, return_predictions: bool = False):
     """STRESS and SRCC of each measure when the test image of every pair is perturbed.
 
     pairs: dicts with x, y ([3, H, W] sRGB in [0, 1]; y the *aligned* test image) and dv
     (its label); each perturbation warps every y, the labels stay. One row per (measure,
     perturbation), in that order: measure, kind, amount, magnitude, label, n, stress (0..100,
     lower is better; ``evaluate.stress``) and srcc (Spearman, higher is better; monotone
-    maps such as the logistic fit leave it unchanged).
+    maps such as the logistic fit leave it unchanged). With `return_predictions` the result
+    is (rows, predictions, dv): predictions[label][measure] is the [N] float64 array of that
+    measure's scores under that perturbation, dv the [N] labels (for ``srcc_loss_difference``).
     """
     x, y, dv = stack_pairs(pairs)
     if not measures or not perturbations:
@@ -253,10 +258,47 @@ def robustness_table(measures: Mapping[str, Measure], pairs: Iterable[Mapping],
         batches = [dict(x=x[i:i + batch_size], y=yp[i:i + batch_size], dv=dv[i:i + batch_size])
                    for i in range(0, x.shape[0], batch_size)]
         preds[p] = predict(measures, batches, progress=progress)["pred"]
-    return [dict(measure=name, kind=p.kind, amount=p.amount, magnitude=p.magnitude, label=p.label,
+    rows = [dict(measure=name, kind=p.kind, amount=p.amount, magnitude=p.magnitude, label=p.label,
                  n=int(dv.numel()), stress=stress(preds[p][name], dv),
                  srcc=float(stats.spearmanr(preds[p][name], dv.numpy())[0]))
             for name in measures for p in perturbations]
+    if return_predictions:
+        return rows, {p.label: preds[p] for p in perturbations}, dv.numpy()
+    return rows
+
+
+def srcc_loss_difference(dv, aligned_a, warped_a, aligned_b, warped_b, *, n: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> Interval:
+    """How much more SRCC measure a loses under a warp than measure b, with a paired bootstrap interval.
+
+    dv: [N] labels; aligned_*, warped_*: [N] scores of measures a and b on the aligned and the
+    warped test images of the same N pairs. The loss of a measure is SRCC(aligned) -
+    SRCC(warped) (> 0: the warp spoiled its ranking); the estimate is loss_a - loss_b (< 0:
+    a is the more robust of the two). The interval resamples the N pairs with replacement,
+    the same resample for all four score vectors (``numpy`` generator seeded by `seed`), and
+    takes the percentile interval at `level`; resamples with an undefined SRCC are left out.
+    """
+    vectors = [np.asarray(v, dtype=np.float64).ravel() for v in (dv, aligned_a, warped_a, aligned_b, warped_b)]
+    if len({v.size for v in vectors}) != 1 or vectors[0].size < 3:
+        raise ValueError(f"srcc_loss_difference needs five vectors of one length >= 3, got {[v.size for v in vectors]}")
+    if n < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"n must be >= 1 and level in (0, 1), got n={n}, level={level}")
+    t, a0, a1, b0, b1 = vectors
+
+    def diff(idx):
+        r = [stats.spearmanr(v[idx], t[idx])[0] for v in (a0, a1, b0, b1)]
+        return (r[0] - r[1]) - (r[2] - r[3])
+
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():                  # a resample with constant scores: SRCC undefined
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = np.array([diff(rng.integers(0, t.size, t.size)) for _ in range(n)])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise ValueError("the SRCC was undefined on every bootstrap resample")
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return Interval(float(diff(np.arange(t.size))), float(low), float(high), level)
 
 
 def pivot(rows: Sequence[Mapping], value: str, labels: Sequence[str] | None = None) -> list[dict]:
