@@ -14,7 +14,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cdflow-installed
 
-.PHONY: figures test setup clean bench
+.PHONY: figures test test-browser setup clean bench
 
 setup: $(STAMP)
 
@@ -31,6 +31,16 @@ figures: $(STAMP)
 # two pytest workers on two cores: one thread each (oversubscribed BLAS threads run ~20x slower)
 test: $(STAMP)
 	CDFLOW_SMOKE=1 CDFLOW_SOLUTIONS=1 CDFLOW_INTERACTIVE=0 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# notebook 16's explorer in JupyterLab + headless Chromium (Debian's package: apt-get install -y chromium)
+BROWSER_STAMP := $(VENV)/.cdflow-browser
+$(BROWSER_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[notebooks,test,browser]"
+	@touch $@
+
+test-browser: $(BROWSER_STAMP)
+	@test -x "$${CDFLOW_CHROMIUM:-/usr/bin/chromium}" || { echo "make test-browser: no Chromium at $${CDFLOW_CHROMIUM:-/usr/bin/chromium}; install Debian's package (apt-get install -y chromium) or set CDFLOW_CHROMIUM" >&2; exit 2; }
+	$(PY) -m pytest -q -s -p no:cacheprovider tests_browser
 
 bench: $(STAMP)
 	$(PY) benchmarks/benchmark.py --out build/benchmark.json
