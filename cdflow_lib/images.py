@@ -183,17 +183,22 @@ def _from_array(arr: np.ndarray) -> tuple[torch.Tensor, ImageInfo]:
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ValueError(f"{name}: expected an H x W x 3 array, got shape {arr.shape}")
     _empty_check(name, *arr.shape[:2])
-    if arr.dtype == np.uint8:
-        values, bits = arr / 255.0, 8
-    elif arr.dtype == np.uint16:
-        values, bits = arr / 65535.0, 16
-    elif np.issubdtype(arr.dtype, np.floating):
-        values, bits = _checked_float(arr, name), arr.dtype.itemsize * 8
-    else:
-        raise ValueError(f"{name}: dtype {arr.dtype} has no standard range; "
-                         "use uint8 (0-255), uint16 (0-65535) or float in [0, 1]")
+    values, bits = _unit_range(arr, name, f"dtype {arr.dtype} has no standard range; "
+                                          "use uint8 (0-255), uint16 (0-65535) or float in [0, 1]")
     notes = ("float64 values cast to float32",) if arr.dtype == np.float64 else ()
     return _tensor(values), ImageInfo(name, arr.shape[0], arr.shape[1], bits, notes=notes)
+
+
+def _unit_range(arr: np.ndarray, name: str, unsupported: str) -> tuple[np.ndarray, int]:
+    """8-bit, 16-bit or float samples as values in [0, 1] (float64) and their bit depth; any
+    other dtype raises ValueError("<name>: <unsupported>")."""
+    if arr.dtype == np.uint8:
+        return arr / 255.0, 8
+    if arr.dtype == np.uint16:
+        return arr / 65535.0, 16
+    if np.issubdtype(arr.dtype, np.floating):
+        return _checked_float(arr.astype(np.float64), name), arr.dtype.itemsize * 8
+    raise ValueError(f"{name}: {unsupported}")
 
 
 def _checked_float(arr: np.ndarray, name: str) -> np.ndarray:
@@ -456,15 +461,8 @@ def _read_tiff(path: Path) -> tuple[torch.Tensor, ImageInfo]:
         raise ValueError(f"{name}: TIFF photometric interpretation {photometric} is not supported "
                          "(only greyscale and RGB at more than 8 bits)")
     _empty_check(name, *arr.shape[:2])
-    if arr.dtype == np.uint16:
-        values, bits = arr / 65535.0, 16
-    elif arr.dtype == np.uint8:
-        values, bits = arr / 255.0, 8
-    elif np.issubdtype(arr.dtype, np.floating):
-        values, bits = _checked_float(arr.astype(np.float64), name), arr.dtype.itemsize * 8
-    else:
-        raise ValueError(f"{name}: {arr.dtype.itemsize * 8}-bit integer samples have no standard range; "
-                         "save the image as 8-bit, 16-bit or float in [0, 1]")
+    values, bits = _unit_range(arr, name, f"{arr.dtype.itemsize * 8}-bit integer samples have no standard range; "
+                                          "save the image as 8-bit, 16-bit or float in [0, 1]")
     notes = [f"{arr.dtype} samples read as sRGB values in [0, 1]"] if np.issubdtype(arr.dtype, np.floating) else []
     expected = 1 if photometric == 1 else 3
     if arr.shape[-1] > expected:
