@@ -33,8 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from jupyter_client.manager import AsyncKernelManager
-
 from .paths import MissingDataError, require_checkout
 
 #: Significant digits kept for every float written to a JSON or CSV output.
@@ -50,17 +48,22 @@ _FLOAT = re.compile(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?|[-+]?(nan|inf)", 
 _SOCKETS: tempfile.TemporaryDirectory | None = None
 
 
-class IPCKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernels talk over IPC sockets in a private temporary folder
-    (one per process, removed when it exits)."""
+def ipc_kernel_manager():
+    """A kernel-manager class whose kernels talk over IPC sockets in a private temporary folder
+    (one per process, removed when it exits). Built on first use: jupyter_client is a
+    dependency of the `notebooks` extra, not of the library."""
+    from jupyter_client.manager import AsyncKernelManager
 
-    def __init__(self, **kwargs):
-        global _SOCKETS
-        if _SOCKETS is None:
-            _SOCKETS = tempfile.TemporaryDirectory(prefix="cdflow-kernels-")
-        kwargs.setdefault("transport", "ipc")
-        kwargs.setdefault("ip", os.path.join(_SOCKETS.name, "kernel"))
-        super().__init__(**kwargs)
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            global _SOCKETS
+            if _SOCKETS is None:
+                _SOCKETS = tempfile.TemporaryDirectory(prefix="cdflow-kernels-")
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", os.path.join(_SOCKETS.name, "kernel"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
 
 
 def round_floats(value, digits: int = FLOAT_DIGITS):
@@ -189,7 +192,7 @@ def run_notebook(path: Path, build: Path, figures: Path, smoke: bool = False, ex
     out = build / path.name
     pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent), kernel_name="python3",
                         progress_bar=False, report_mode=False,
-                        kernel_manager_class=f"{IPCKernelManager.__module__}.{IPCKernelManager.__qualname__}")
+                        kernel_manager_class=ipc_kernel_manager())
     return out
 
 
