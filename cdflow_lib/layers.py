@@ -4,11 +4,21 @@ Direction: ``forward`` maps image -> latent (the normalising direction) and retu
 ``(y, logdet)`` with ``logdet`` of shape [B] (log |det dy/dx| per sample, natural log);
 ``inverse`` maps back. All layers act on [B, C, H, W] float tensors.
 
+Precision: the invertible arithmetic (ActNorm, the 1x1 convolution with its LU weight and
+inverse, the coupling's affine update and log-determinant) always runs in the input's own
+float precision under `full_precision` (TF32 off, autocast off), whatever the global flags,
+so that a block's inverse rebuilds its input to float rounding even when the coupling
+networks - the only parts allowed to - run in TF32 or bfloat16.
+
 The conventions follow the authors' code (a Glow in the structure of rosinality's
 glow-pytorch, see DESIGN.md section 4); parameter and buffer names are the official ones so
 that the released weights load without edits.
 """
 from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +36,38 @@ ZEROCONV_LOGSCALE_FACTOR = 3.0
 COUPLING_INIT_STD = 0.05
 #: Width of the coupling network in the paper.
 PAPER_HIDDEN = 512
+
+
+@contextlib.contextmanager
+def full_precision(device_type: str):
+    """Run the enclosed operations in full float precision: TF32 off for cuBLAS and cuDNN, and
+    autocast off for `device_type` ("cuda", "cpu", ...). The global flags are restored on exit."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def _exact(method):
+    """Decorator: run a layer method ``method(self, x, ...)`` under `full_precision` on x's device."""
+    @functools.wraps(method)
+    def wrapper(self, x, *args, **kwargs):
+        with full_precision(x.device.type):
+            return method(self, x, *args, **kwargs)
+    return wrapper
+
+
+def _sum_logdets(first: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+    """first + rest[0] + ... in full precision (left to right, the reference order)."""
+    with full_precision(first.device.type):
+        for ld in rest:
+            first = first + ld
+        return first
 
 
 def _spatial_logdet(per_pixel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +104,7 @@ class ActNorm(nn.Module):
         return self._known_initialized
 
     @torch.no_grad()
+    @_exact
     def initialize(self, x: torch.Tensor) -> None:
         """Set loc and scale from the batch `x` [B, C, H, W] and mark the layer initialised."""
         flat = x.transpose(0, 1).reshape(x.shape[1], -1)
@@ -72,13 +115,18 @@ class ActNorm(nn.Module):
         self.initialized.fill_(1)
         self._known_initialized = True
 
+    def logdet(self, x: torch.Tensor) -> torch.Tensor:
+        """H * W * sum(log |scale|) as [B] for an input shaped like x."""
+        return _spatial_logdet(torch.log(torch.abs(self.scale)).sum(), x)
+
+    @_exact
     def forward(self, x: torch.Tensor):
         check_tensor(x, "ActNorm input", channels=self.channels)
         if not self.is_initialized():
             self.initialize(x)
-        logdet = _spatial_logdet(torch.log(torch.abs(self.scale)).sum(), x)
-        return self.scale * (x + self.loc), logdet
+        return self.scale * (x + self.loc), self.logdet(x)
 
+    @_exact
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_tensor(y, "ActNorm inverse input", channels=self.channels)
         return y / self.scale - self.loc
@@ -106,11 +154,20 @@ class InvConv2d(nn.Module):
     def matrix(self) -> torch.Tensor:
         return self.weight.view(self.channels, self.channels)
 
+    def matrices(self, need_inverse: bool = False):
+        """(W, W^-1 or None) as [C, C] matrices."""
+        w = self.matrix()
+        return w, (torch.linalg.inv(w) if need_inverse else None)
+
+    def logdet(self, x: torch.Tensor) -> torch.Tensor:
+        return _spatial_logdet(torch.linalg.slogdet(self.matrix())[1], x)
+
+    @_exact
     def forward(self, x: torch.Tensor):
         check_tensor(x, "InvConv2d input", channels=self.channels)
-        logdet = _spatial_logdet(torch.linalg.slogdet(self.matrix())[1], x)
-        return F.conv2d(x, self.weight), logdet
+        return F.conv2d(x, self.weight), self.logdet(x)
 
+    @_exact
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_tensor(y, "InvConv2d inverse input", channels=self.channels)
         w_inv = torch.linalg.inv(self.matrix())
@@ -146,7 +203,11 @@ class InvConv2dLU(nn.Module):
         self._cache: dict = {}
 
     def compute_weight(self) -> torch.Tensor:
-        """The [C, C] weight matrix P L U (one evaluation per call)."""
+        """The [C, C] weight matrix P L U (one evaluation per call, in full precision)."""
+        with full_precision(self.w_s.device.type):
+            return self._plu()
+
+    def _plu(self) -> torch.Tensor:
         lower = self.w_l * self.l_mask + self.l_eye
         upper = self.w_u * self.u_mask + torch.diag(self.s_sign * torch.exp(self.w_s))
         return self.w_p @ lower @ upper
@@ -159,26 +220,34 @@ class InvConv2dLU(nn.Module):
 
     def matrices(self, need_inverse: bool = False):
         """(W, W^-1 or None), cached when safe (eval mode, no gradient wanted for the weights)."""
+        with full_precision(self.w_s.device.type):
+            return self._matrices(need_inverse)
+
+    def _matrices(self, need_inverse: bool):
         if not self._cacheable():
-            w = self.compute_weight()
+            w = self._plu()
             return w, (torch.linalg.inv(w) if need_inverse else None)
         key = self._cache_key()
         if self._cache.get("key") != key:
             self._cache = {"key": key}
         if "w" not in self._cache:
             with torch.no_grad():
-                self._cache["w"] = self.compute_weight()
+                self._cache["w"] = self._plu()
         if need_inverse and "w_inv" not in self._cache:
             with torch.no_grad():
                 self._cache["w_inv"] = torch.linalg.inv(self._cache["w"])
         return self._cache["w"], self._cache.get("w_inv")
 
+    def logdet(self, x: torch.Tensor) -> torch.Tensor:
+        return _spatial_logdet(self.w_s.sum(), x)
+
+    @_exact
     def forward(self, x: torch.Tensor):
         check_tensor(x, "InvConv2dLU input", channels=self.channels)
         w, _ = self.matrices()
-        logdet = _spatial_logdet(self.w_s.sum(), x)
-        return F.conv2d(x, w.view(self.channels, self.channels, 1, 1)), logdet
+        return F.conv2d(x, w.view(self.channels, self.channels, 1, 1)), self.logdet(x)
 
+    @_exact
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_tensor(y, "InvConv2dLU inverse input", channels=self.channels)
         _, w_inv = self.matrices(need_inverse=True)
@@ -229,37 +298,55 @@ class AffineCoupling(nn.Module):
         for conv in (self.net[0], self.net[2]):
             nn.init.normal_(conv.weight, 0.0, COUPLING_INIT_STD)
             nn.init.zeros_(conv.bias)
-        #: "off" (float32 everywhere, the authors' numerics) or "bf16": the network alone runs
-        #: under bfloat16 autocast; s, t and every invertible operation stay in the input dtype.
+        #: "off" (the input's precision, the authors' numerics) or "bf16": the network alone runs
+        #: under bfloat16 autocast. Either way s, t and the affine update run in full precision.
         self.precision = "off"
 
-    def scale_shift(self, a: torch.Tensor):
-        """(s, t) computed from the conditioning half `a`; s is None for the additive variant."""
+    def network(self, a: torch.Tensor) -> torch.Tensor:
+        """net(a) in the coupling precision, returned in a's dtype: [B, C (C/2 additive), H, W].
+
+        The one part of the layer that may run in TF32 or bfloat16 (under the global flags,
+        an enclosing autocast, or ``precision="bf16"``); its output is a function of `a` alone,
+        so the inverse, which sees the same `a`, recomputes the same s and t.
+        """
         if self.precision == "bf16":
             with torch.autocast(device_type=a.device.type, dtype=torch.bfloat16):
                 h = self.net(a)
-            h = h.to(a.dtype)
         else:
             h = self.net(a)
+        return h.to(a.dtype)
+
+    @_exact
+    def _scale_shift(self, h: torch.Tensor):
         if not self.affine:
             return None, h
         log_s, t = h.chunk(2, 1)
         return torch.sigmoid(log_s + COUPLING_SCALE_SHIFT), t
 
+    def scale_shift(self, a: torch.Tensor):
+        """(s, t) computed from the conditioning half `a`; s is None for the additive variant."""
+        return self._scale_shift(self.network(a))
+
+    @_exact
+    def _update(self, a, b, s, t):
+        """(cat(a, b'), logdet [B]) with b' = (b + t) * s (or b + t), in full precision."""
+        if s is None:
+            return torch.cat([a, b + t], 1), a.new_zeros(a.shape[0])
+        return torch.cat([a, (b + t) * s], 1), torch.log(s).flatten(1).sum(1)
+
+    @_exact
+    def _inverse_update(self, a, b, s, t):
+        return torch.cat([a, b - t if s is None else b / s - t], 1)
+
     def forward(self, x: torch.Tensor):
         check_tensor(x, "AffineCoupling input", channels=self.channels)
         a, b = x.chunk(2, 1)
-        s, t = self.scale_shift(a)
-        if s is None:
-            return torch.cat([a, b + t], 1), x.new_zeros(x.shape[0])
-        logdet = torch.log(s).flatten(1).sum(1)
-        return torch.cat([a, (b + t) * s], 1), logdet
+        return self._update(a, b, *self.scale_shift(a))
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_tensor(y, "AffineCoupling inverse input", channels=self.channels)
         a, b = y.chunk(2, 1)
-        s, t = self.scale_shift(a)
-        return torch.cat([a, b - t if s is None else b / s - t], 1)
+        return self._inverse_update(a, b, *self.scale_shift(a))
 
 
 class FlowStep(nn.Module):
@@ -274,11 +361,10 @@ class FlowStep(nn.Module):
 
     def forward(self, x: torch.Tensor):
         check_tensor(x, "FlowStep input", channels=self.channels)
-        out, logdet = self.actnorm(x)
-        out, det = self.invconv(out)
-        logdet = logdet + det
-        out, det = self.coupling(out)
-        return out, logdet + det
+        out, ld_norm = self.actnorm(x)
+        out, ld_conv = self.invconv(out)
+        out, ld_coupling = self.coupling(out)
+        return out, _sum_logdets(ld_norm, ld_conv, ld_coupling)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_tensor(y, "FlowStep inverse input", channels=self.channels)
