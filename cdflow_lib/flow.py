@@ -196,6 +196,26 @@ class MultiScaleFlow(nn.Module):
             if isinstance(m, AffineCoupling):
                 m.precision = value
 
+    def _flag(self, kind, attr):
+        return next(getattr(m, attr) for m in self.modules() if isinstance(m, kind))
+
+    def _set_flag(self, kind, attr, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"{attr} must be True or False, got {value!r}")
+        for m in self.modules():
+            if isinstance(m, kind):
+                setattr(m, attr, value)
+
+    #: Speed flags (default False: the authors' numerics; see FlowStep and AffineCoupling). Each
+    #: computes the same function up to float rounding: fold ActNorm into the 1x1 convolution
+    #: in eval mode; run the coupling networks on channels-last tensors; torch.compile them.
+    fold_actnorm = property(lambda self: self._flag(FlowStep, "fold_actnorm"),
+                            lambda self, v: self._set_flag(FlowStep, "fold_actnorm", v))
+    channels_last = property(lambda self: self._flag(AffineCoupling, "channels_last"),
+                             lambda self, v: self._set_flag(AffineCoupling, "channels_last", v))
+    compile_couplings = property(lambda self: self._flag(AffineCoupling, "use_compile"),
+                                 lambda self, v: self._set_flag(AffineCoupling, "use_compile", v))
+
     def __setattr__(self, name, value):
         if name == "memory_mode" and value not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {value!r}")

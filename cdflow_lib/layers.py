@@ -274,6 +274,22 @@ class ZeroConv2d(nn.Module):
         return out * torch.exp(self.scale * ZEROCONV_LOGSCALE_FACTOR)
 
 
+class CompileFallbackWarning(UserWarning):
+    """torch.compile of the coupling networks is unavailable or failed; they run eagerly."""
+
+
+_compile_warned = False
+
+
+def _compile_failed(exc: Exception) -> None:
+    global _compile_warned
+    if not _compile_warned:
+        _compile_warned = True
+        warnings.warn(f"torch.compile of the coupling networks failed ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); running them eagerly",
+                      CompileFallbackWarning, stacklevel=4)
+
+
 class AffineCoupling(nn.Module):
     """Affine (or additive) coupling layer with the authors' formula.
 
@@ -301,6 +317,39 @@ class AffineCoupling(nn.Module):
         #: "off" (the input's precision, the authors' numerics) or "bf16": the network alone runs
         #: under bfloat16 autocast. Either way s, t and the affine update run in full precision.
         self.precision = "off"
+        #: Speed flags of the network (default off, the reference path): run it on channels-last
+        #: tensors; run it through torch.compile (falls back to eager, warning once, if compile
+        #: is unavailable or fails). Both compute the same function up to float rounding.
+        self.channels_last = False
+        self.use_compile = False
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_compiled_net", None)  # a compiled network is rebuilt on first use (copies, pickles)
+        return state
+
+    def _compiled(self):
+        """torch.compile(self.net), built on first use; None once compile has failed."""
+        if "_compiled_net" not in self.__dict__:
+            try:
+                compiled = torch.compile(self.net)
+            except Exception as exc:  # compile unavailable here (platform, Python version)
+                _compile_failed(exc)
+                compiled = None
+            object.__setattr__(self, "_compiled_net", compiled)  # not a submodule: not in the state dict
+        return self.__dict__["_compiled_net"]
+
+    def _run_net(self, a: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            a = a.contiguous(memory_format=torch.channels_last)
+        net = self._compiled() if self.use_compile else None
+        if net is not None:
+            try:
+                return net(a)
+            except Exception as exc:  # compile failed at first call (no compiler, unsupported op)
+                _compile_failed(exc)
+                object.__setattr__(self, "_compiled_net", None)
+        return self.net(a)
 
     def network(self, a: torch.Tensor) -> torch.Tensor:
         """net(a) in the coupling precision, returned in a's dtype: [B, C (C/2 additive), H, W].
@@ -311,9 +360,9 @@ class AffineCoupling(nn.Module):
         """
         if self.precision == "bf16":
             with torch.autocast(device_type=a.device.type, dtype=torch.bfloat16):
-                h = self.net(a)
+                h = self._run_net(a)
         else:
-            h = self.net(a)
+            h = self._run_net(a)
         return h.to(a.dtype)
 
     @_exact
@@ -358,17 +407,47 @@ class FlowStep(nn.Module):
         self.actnorm = ActNorm(channels)
         self.invconv = InvConv2dLU(channels) if conv_lu else InvConv2d(channels)
         self.coupling = AffineCoupling(channels, hidden, affine)
+        #: Speed flag (default off, the reference path): in eval mode, once ActNorm is
+        #: initialised, fold ActNorm into the 1x1 convolution - one convolution with weight
+        #: W' = W diag(scale) and bias W diag(scale) loc (inverse: diag(1/scale) W^-1, bias -loc).
+        #: Same function and log-det up to float rounding.
+        self.fold_actnorm = False
+
+    def _folds(self) -> bool:
+        return self.fold_actnorm and not self.training and self.actnorm.is_initialized()
+
+    @_exact
+    def folded(self, x: torch.Tensor):
+        """invconv(actnorm(x)) as one convolution: (out, actnorm logdet [B], invconv logdet [B])."""
+        w, _ = self.invconv.matrices()
+        scale, loc = self.actnorm.scale.view(1, -1), self.actnorm.loc.view(-1)
+        w_folded = w * scale
+        out = F.conv2d(x, w_folded.view(self.channels, self.channels, 1, 1), w_folded @ loc)
+        return out, self.actnorm.logdet(x), self.invconv.logdet(x)
+
+    @_exact
+    def folded_inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """actnorm.inverse(invconv.inverse(y)) as one convolution."""
+        _, w_inv = self.invconv.matrices(need_inverse=True)
+        w_folded = w_inv / self.actnorm.scale.view(-1, 1)
+        return F.conv2d(y, w_folded.view(self.channels, self.channels, 1, 1), -self.actnorm.loc.view(-1))
 
     def forward(self, x: torch.Tensor):
         check_tensor(x, "FlowStep input", channels=self.channels)
-        out, ld_norm = self.actnorm(x)
-        out, ld_conv = self.invconv(out)
+        if self._folds():
+            out, ld_norm, ld_conv = self.folded(x)
+        else:
+            out, ld_norm = self.actnorm(x)
+            out, ld_conv = self.invconv(out)
         out, ld_coupling = self.coupling(out)
         return out, _sum_logdets(ld_norm, ld_conv, ld_coupling)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_tensor(y, "FlowStep inverse input", channels=self.channels)
-        return self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(y)))
+        out = self.coupling.inverse(y)
+        if self._folds():
+            return self.folded_inverse(out)
+        return self.actnorm.inverse(self.invconv.inverse(out))
 
 
 def squeeze(x: torch.Tensor) -> torch.Tensor:

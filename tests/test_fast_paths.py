@@ -1,6 +1,9 @@
 """The fast paths (issue 12): the invertible arithmetic runs in full precision whatever the
 global TF32 / autocast settings, the memory modes keep ordinary autograd's gradients in every
 coupling precision, and each speed flag computes what the reference path computes."""
+import copy
+import warnings
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -145,3 +148,87 @@ def test_every_memory_mode_gives_autograd_gradients_in_each_precision(mode, prec
     assert loss1.item() == pytest.approx(loss0.item(), rel=1e-6 if dtype == torch.float32 else 1e-12)
     diff = torch.cat([(a - b).flatten() for a, b in zip(ref, got)]).norm()
     assert (diff / torch.cat([a.flatten() for a in ref]).norm()).item() <= tol
+
+
+# --- 2. speed flags that compute what the reference path computes -------------------------
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("name", ["flowstep", "flowstep_plain_additive"])
+def test_folded_actnorm_and_1x1_conv_equal_the_unfolded_pair(name, dtype, tol):
+    step = make(name, dtype).eval()
+    x = torch.randn(3, 4, 6, 6, dtype=dtype)
+    with torch.no_grad():
+        y0, ld0 = step(x)
+        x0 = step.inverse(y0)
+        step.fold_actnorm = True
+        y1, ld1 = step(x)
+        x1 = step.inverse(y0)
+        folded, ld_norm, ld_conv = step.folded(x)
+        unfolded = step.invconv(step.actnorm(x)[0])[0]
+    assert ((y1 - y0).abs().max() / y0.abs().max()).item() < tol
+    assert ((folded - unfolded).abs().max() / unfolded.abs().max()).item() < tol
+    assert ((x1 - x0).abs().max() / x0.abs().max()).item() < tol
+    # the folded pair's log-dets are computed exactly as before; the step's differs only
+    # through the coupling's, whose input moved by float rounding
+    with torch.no_grad():
+        assert torch.equal(ld_norm, step.actnorm(x)[1]) and torch.equal(ld_conv, step.invconv(x)[1])
+    assert torch.allclose(ld1, ld0, rtol=tol, atol=0)
+    step.train()  # training never folds: bit-identical to the reference
+    assert torch.equal(step(x)[0], step.__class__.forward(step, x)[0])
+
+
+@pytest.mark.parametrize("flag", ["fold_actnorm", "channels_last"])
+def test_flow_speed_flags_match_the_reference_path(flag):
+    """tiny flow, float32: latents within 1e-5 of their max magnitude, log-dets identical."""
+    model = trained_like("tiny")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        zs0, ld0, lp0 = model.flow(x)
+        setattr(model.flow, flag, True)
+        assert getattr(model.flow, flag) is True
+        zs1, ld1, lp1 = model.flow(x)
+        rec = model.flow.inverse(zs1)
+    for a, b in zip(zs0, zs1):
+        assert ((a - b).abs().max() / a.abs().max()).item() < 1e-5
+    assert torch.allclose(ld1, ld0, rtol=1e-6) and torch.allclose(lp1, lp0, rtol=1e-5)
+    assert ((rec - x).abs().max()).item() < 1e-5
+    with pytest.raises(ValueError, match="must be True or False"):
+        setattr(model.flow, flag, "yes")
+
+
+def _coupling():
+    torch.manual_seed(0)
+    return perturb(layers.AffineCoupling(8, hidden=16)).eval()
+
+
+def test_compiled_coupling_network_matches_eager():
+    """torch.compile (inductor on the CPU; one graph, ~10 s cold) vs eager: within 1e-5 relative."""
+    coupling, x = _coupling(), torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        y0, ld0 = coupling(x)
+        coupling.use_compile = True
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            y1, ld1 = coupling(x)
+    if any(issubclass(w.category, layers.CompileFallbackWarning) for w in caught):
+        pytest.skip(f"torch.compile cannot run here: {caught[0].message}")
+    assert coupling.__dict__["_compiled_net"] is not None
+    assert ((y1 - y0).abs().max() / y0.abs().max()).item() < 1e-5
+    assert torch.allclose(ld1, ld0, rtol=1e-5)
+    assert list(coupling.state_dict()) == list(_coupling().state_dict())  # nothing compiled in the state dict
+    assert "_compiled_net" not in copy.deepcopy(coupling).__dict__
+
+
+def test_compile_failure_falls_back_to_eager_and_warns_once(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(layers, "_compile_warned", False)
+    first, second, x = _coupling(), _coupling(), torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        ref = first(x)[0]
+        first.use_compile = second.use_compile = True
+        with pytest.warns(layers.CompileFallbackWarning, match="no compiler here") as caught:
+            out1, out2 = first(x)[0], second(x)[0]
+    assert len(caught) == 1
+    assert torch.equal(out1, ref) and torch.equal(out2, ref)
