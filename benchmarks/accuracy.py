@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--active-config", default="paper", help="metric.CONFIGS name of the active-coupling suite, or 'none'")
     ap.add_argument("--active-size", type=int, default=64, help="px of the active suite's pairs (paper: divisible by 64)")
     ap.add_argument("--active-pairs", type=int, default=2)
-    ap.add_argument("--active-std", type=float, default=0.01, help="std of the activated couplings' last convolution")
+    ap.add_argument("--active-std", type=float, default=0.001, help="std of the activated couplings' last convolution")
     ap.add_argument("--grad-batch", type=int, default=2, help="pairs in the training step whose gradient is compared")
     ap.add_argument("--batch", type=int, default=4, help="pairs per forward when computing distances")
     ap.add_argument("--paths", nargs="*", default=None, help="only these paths (names as in the JSON)")
