@@ -84,6 +84,8 @@ class TrainConfig:
     tf32: bool = False
     amp: str = "off"               # "off" | "bf16": bf16 only inside the coupling networks
     memory_saving: str = "off"     # "off" | "checkpoint" | "inverse" (see flow.MultiScaleFlow.memory_mode)
+    channels_last: bool = False    # coupling networks on channels-last tensors (flow.MultiScaleFlow.channels_last)
+    compile: bool = False          # torch.compile of the coupling networks (flow.MultiScaleFlow.compile_couplings)
     max_steps: int | None = None   # stop after this many optimisation steps (tests, smoke runs)
     checkpoint_every: int = 0      # also write last.pt every N steps (0: only at epoch ends)
     num_workers: int = 0
@@ -146,6 +148,10 @@ OPTION_HELP = {
     "memory_saving": "recompute activations in the backward pass: checkpoint, or through the inverse "
                      "(inverse, inverse-step; the invertible parts run in full float32 whatever --tf32 "
                      "and --amp, and a run stops with flow.InexactInverseError if a block does not invert)",
+    "channels_last": "run the coupling networks on channels-last tensors (faster convolutions on GPUs; the same "
+                     "function up to float rounding, about 3e-5 relative on the distances)",
+    "compile": "torch.compile the coupling networks (falls back to eager with one warning where compile is "
+               "unavailable; the same function up to float rounding)",
     "max_steps": "stop once the run has taken this many optimisation steps in all (global steps; "
                  "last.pt is written, --resume continues)",
     "checkpoint_every": "also write last.pt every N steps (0: at epoch ends and when stopped)",
@@ -403,6 +409,8 @@ class Trainer:
         self.model = CDFlow.from_config(cfg.model).to(self.device)
         self.model.glow.memory_mode = cfg.memory_saving
         self.model.glow.coupling_precision = cfg.amp
+        self.model.glow.channels_last = cfg.channels_last
+        self.model.glow.compile_couplings = cfg.compile
         self.ema = None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma)
