@@ -45,16 +45,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: Names a fast-path switch may have on the model, its flow or the flow's layers (bool
-#: attributes; a row is made for each one that exists). Kept broad on purpose: the script
-#: must work before and after such flags land in the library.
-FLAG_CANDIDATES = ("fold_actnorm", "channels_last", "compile", "compile_couplings", "compile_tail",
-                   "use_compile", "compiled", "fused", "fused_tail", "fast_path", "fast", "cuda_graphs",
-                   "inference_compile", "no_copies", "avoid_copies", "fast_inverse")
-#: Module-level registries a flag list may be published under (an iterable of attribute names).
-FLAG_REGISTRIES = ("FAST_PATH_FLAGS", "FAST_PATHS", "FAST_FLAGS")
-
-
 @dataclass(frozen=True)
 class Path_:
     """One way of running the model."""
@@ -75,29 +65,8 @@ REFERENCE = Path_("fp32")
 
 
 def discover_flags(model) -> list[str]:
-    """Fast-path switches present on `model` (CDFlow) now: names from FLAG_REGISTRIES in the
-    library's modules, and FLAG_CANDIDATES found as attributes of the model or its flow."""
-    import cdflow_lib.flow as flow_mod
-    import cdflow_lib.layers as layers_mod
-    import cdflow_lib.metric as metric_mod
-
-    names: list[str] = []
-    for mod in (flow_mod, layers_mod, metric_mod):
-        for reg in FLAG_REGISTRIES:
-            for n in getattr(mod, reg, ()) or ():
-                if isinstance(n, str) and n not in names:
-                    names.append(n)
-    for n in FLAG_CANDIDATES:
-        if n not in names and any(isinstance(getattr(o, n, None), bool) for o in (model, model.glow)):
-            names.append(n)
-    return [n for n in names if _flag_owner(model, n) is not None]
-
-
-def _flag_owner(model, name):
-    for o in (model.glow, model):
-        if hasattr(o, name) and not callable(getattr(o, name)):
-            return o
-    return None
+    """The speed flags of `model`'s flow (flow.MultiScaleFlow.SPEED_FLAGS)."""
+    return list(model.glow.SPEED_FLAGS)
 
 
 def plan_paths(model, cuda: bool) -> list[Path_]:
@@ -132,7 +101,7 @@ def applied(model, path: Path_):
     (on or off) for both matmul and cuDNN."""
     glow = model.glow
     saved = (glow.memory_mode, glow.coupling_precision, glow.reconstruction_error,
-             {f: getattr(_flag_owner(model, f), f) for f in path.flags})
+             {f: getattr(model.glow, f) for f in path.flags})
     tf = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
         torch.backends.cuda.matmul.allow_tf32 = path.tf32
@@ -141,13 +110,13 @@ def applied(model, path: Path_):
         glow.memory_mode = path.memory_mode
         glow.reconstruction_error = None      # the inverse modes re-check reconstruction in this precision
         for f in path.flags:
-            setattr(_flag_owner(model, f), f, True)
+            setattr(model.glow, f, True)
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf
         glow.memory_mode, glow.coupling_precision, glow.reconstruction_error = saved[:3]
         for f, v in saved[3].items():
-            setattr(_flag_owner(model, f), f, v)
+            setattr(model.glow, f, v)
 
 
 # --- what is compared ---------------------------------------------------------------------

@@ -190,15 +190,10 @@ def _paper(batch: int, mode: str = "off", precision: str = "fp32", **extra) -> d
 
 
 def available_flags() -> list[str]:
-    """Fast-path flags of this cdflow_lib (see accuracy.discover_flags): [] before they exist."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    try:
-        from accuracy import discover_flags
-        from cdflow_lib.metric import CDFlow
+    """The library's speed flags (flow.MultiScaleFlow.SPEED_FLAGS): one GPU row each."""
+    from cdflow_lib.flow import MultiScaleFlow
 
-        return discover_flags(CDFlow.from_config("tiny"))
-    except Exception:  # noqa: BLE001 - no flags is a valid answer
-        return []
+    return list(MultiScaleFlow.SPEED_FLAGS)
 
 
 def plan_gpu(flags: list[str]) -> list[tuple[str, dict]]:

@@ -216,6 +216,9 @@ class MultiScaleFlow(nn.Module):
     compile_couplings = property(lambda self: self._flag(AffineCoupling, "use_compile"),
                                  lambda self, v: self._set_flag(AffineCoupling, "use_compile", v))
 
+    #: The speed flags above, by name (the benchmarks make one row per flag).
+    SPEED_FLAGS = ("fold_actnorm", "channels_last", "compile_couplings")
+
     def __setattr__(self, name, value):
         if name == "memory_mode" and value not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {MEMORY_MODES}, got {value!r}")

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from cdflow_lib import flow, layers, train
+from cdflow_lib import flow, layers
 from cdflow_lib.metric import CDFlow
 from test_layers import make, perturb
 from test_model import trained_like
+from test_train import _grads
 
 
 def _flags():
@@ -115,14 +116,6 @@ def test_flow_inverse_rebuilds_input_in_each_coupling_precision(name, size, prec
         worst = model.flow.check_reconstruction(x)
     assert ((rec - x).abs().max() / x.abs().max()).item() < RECONSTRUCTION_TOL[precision]
     assert worst < RECONSTRUCTION_TOL[precision]
-
-
-def _grads(model, x, y, dv, mode):
-    model.glow.memory_mode, model.glow.reconstruction_error = mode, None
-    model.zero_grad()
-    loss, _ = train.cdflow_loss(model, x, y, dv)
-    loss.backward()
-    return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
 
 #: (dtype, relative tolerance of the gradient vector's norm of differences). float64 for the
